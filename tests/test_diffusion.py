@@ -1,0 +1,128 @@
+"""The diffusion schedule against closed-form values, the loss, and sampling."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from diffmm.diffusion import Denoiser, GaussianDiffusion, linear_variance_betas, timestep_embedding
+
+
+def closed_form_schedule(steps=5, s=0.1, lo=1e-4, hi=0.02, first_beta=1e-4):
+    """The schedule written out term by term from eq. 3, 8 and 12 (no vectorisation)."""
+    v = [s * lo + i * (s * hi - s * lo) / (steps - 1) for i in range(steps)]
+    betas = [v[0]] + [min(1 - (1 - v[i]) / (1 - v[i - 1]), 0.999) for i in range(1, steps)]
+    betas[0] = first_beta
+    abar, prod = [], 1.0
+    for b in betas:
+        prod *= 1 - b
+        abar.append(prod)
+    prev = [1.0] + abar[:-1]
+    c0 = [betas[t] * math.sqrt(prev[t]) / (1 - abar[t]) for t in range(steps)]
+    ct = [(1 - prev[t]) * math.sqrt(1 - betas[t]) / (1 - abar[t]) for t in range(steps)]
+    snr = [a / (1 - a) for a in abar]
+    w = [1.0] + [snr[t - 1] - snr[t] for t in range(1, steps)]
+    return betas, abar, c0, ct, w
+
+
+def test_schedule_matches_closed_form_and_spec_golden_values():
+    d = GaussianDiffusion()
+    betas, abar, c0, ct, w = closed_form_schedule()
+    np.testing.assert_allclose(d.betas.numpy(), betas, rtol=1e-12)
+    np.testing.assert_allclose(d.alphas_cumprod.numpy(), abar, rtol=1e-12)
+    np.testing.assert_allclose(d.posterior_coef_x0.numpy(), c0, rtol=1e-10)
+    np.testing.assert_allclose(d.posterior_coef_xt.numpy(), ct, rtol=1e-10)
+    np.testing.assert_allclose(d.elbo_weight.numpy(), w, rtol=1e-10)
+    # The spec's rounded golden values.
+    np.testing.assert_allclose(
+        d.betas.numpy(), [1e-4, 4.975e-4, 4.9775e-4, 4.98e-4, 4.9825e-4], rtol=1e-4
+    )
+    np.testing.assert_allclose(
+        d.alphas_cumprod.numpy(), [0.9999, 0.999403, 0.998905, 0.998408, 0.997910], atol=1e-6
+    )
+    np.testing.assert_allclose(
+        d.posterior_coef_x0.numpy(), [1, 0.832665, 0.454470, 0.312571, 0.238227], atol=1e-6
+    )
+    np.testing.assert_allclose(
+        d.elbo_weight.numpy(), [1, 8326.23, 760.45, 285.32, 149.49], rtol=5e-5
+    )
+
+
+def test_unfixed_first_beta_follows_eq3_exactly():
+    betas = linear_variance_betas(5, 0.1, 1e-4, 0.02, first_beta=None)
+    abar = np.cumprod(1 - betas)
+    np.testing.assert_allclose(1 - abar, np.linspace(1e-5, 2e-3, 5), rtol=1e-10)
+
+
+def test_posterior_coefficients_sum_to_one_on_the_mean_of_x0():
+    # If x̂0 = x0 and x_t = sqrt(ᾱ_t) x0 (noise-free), the posterior mean is sqrt(ᾱ_{t-1}) x0.
+    d = GaussianDiffusion()
+    x0 = torch.rand(3, 7, dtype=torch.float64)
+    for step in range(d.steps):
+        t = torch.full((3,), step)
+        x_t = d.sqrt_alphas_cumprod[step] * x0
+        prev = 1.0 if step == 0 else float(d.alphas_cumprod[step - 1])
+        torch.testing.assert_close(d.posterior_mean(x0, x_t, t), math.sqrt(prev) * x0)
+
+
+def test_q_sample_uses_the_schedule():
+    d = GaussianDiffusion()
+    x0, noise = torch.ones(2, 4), torch.full((2, 4), 2.0)
+    t = torch.tensor([0, 4])
+    x_t = d.q_sample(x0, t, noise)
+    expect = [math.sqrt(a) + 2 * math.sqrt(1 - a) for a in d.alphas_cumprod[[0, 4]].tolist()]
+    torch.testing.assert_close(x_t[:, 0], torch.tensor(expect, dtype=torch.float32))
+
+
+def test_timestep_embedding_shape_and_values():
+    emb = timestep_embedding(torch.tensor([0, 3]), 10)
+    assert emb.shape == (2, 10)
+    torch.testing.assert_close(emb[0], torch.tensor([1.0] * 5 + [0.0] * 5))
+    assert timestep_embedding(torch.tensor([1]), 5).shape == (1, 5)
+
+
+def test_denoiser_shapes_init_and_dropout_only_in_training():
+    torch.manual_seed(0)
+    net = Denoiser(50, [20], step_embedding_dim=10, input_dropout=0.5)
+    assert net.layers[0].in_features == 60 and net.layers[-1].out_features == 50
+    std = net.layers[0].weight.std().item()
+    assert std == pytest.approx(math.sqrt(2 / (60 + 20)), rel=0.1)
+    x, t = torch.rand(4, 50), torch.tensor([0, 1, 2, 3])
+    net.eval()
+    torch.testing.assert_close(net(x, t), net(x, t))
+    net.train()
+    assert not torch.equal(net(x, t), net(x, t))
+
+
+def test_training_loss_weights_and_gradients():
+    torch.manual_seed(0)
+    d = GaussianDiffusion()
+    net = Denoiser(30, [16])
+    x0 = (torch.rand(8, 30) < 0.2).float()
+    loss, x0_hat = d.training_loss(net, x0, "snr")
+    assert loss.shape == (8,) and x0_hat.shape == (8, 30)
+    loss.mean().backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in net.parameters())
+    # With weighting "none" the loss is the plain per-row MSE of x̂0 (eq. 13).
+    torch.manual_seed(1)
+    plain, hat = d.training_loss(net, x0, "none")
+    torch.testing.assert_close(plain, (hat - x0).pow(2).mean(1))
+
+
+def test_sampling_is_deterministic_without_noise_steps():
+    torch.manual_seed(0)
+    d = GaussianDiffusion()
+    net = Denoiser(30, [16]).eval()
+    x0 = (torch.rand(5, 30) < 0.3).float()
+    torch.testing.assert_close(d.sample(net, x0, 0), d.sample(net, x0, 0))
+    # Hand-rolled reverse chain with eq. 10.
+    x = x0
+    for step in reversed(range(d.steps)):
+        t = torch.full((5,), step)
+        x = d.posterior_mean(net(x, t), x, t)
+    torch.testing.assert_close(d.sample(net, x0, 0), x)
+    with pytest.raises(ValueError):
+        d.sample(net, x0, 6)
