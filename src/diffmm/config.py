@@ -20,10 +20,10 @@ from __future__ import annotations
 
 import difflib
 import json
-import tomllib
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
+import tomllib
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from diffmm.errors import ConfigError
@@ -68,7 +68,8 @@ class TrainConfig(BaseModel):
         name, _, k = metric.partition("@")
         if name not in {"recall", "ndcg", "precision", "hit"} or not k.isdigit():
             raise ValueError(
-                f"metric must look like 'recall@20' (recall, ndcg, precision or hit), got {metric!r}"
+                "metric must look like 'recall@20' (recall, ndcg, precision or hit), "
+                f"got {metric!r}"
             )
         return metric
 

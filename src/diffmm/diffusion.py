@@ -84,7 +84,9 @@ class Denoiser(nn.Module):
         self.input_dropout = input_dropout
         self.step_layer = nn.Linear(step_embedding_dim, step_embedding_dim)
         widths = [n_items + step_embedding_dim, *hidden_dims, n_items]
-        self.layers = nn.ModuleList(nn.Linear(a, b) for a, b in zip(widths[:-1], widths[1:]))
+        self.layers = nn.ModuleList(
+            nn.Linear(a, b) for a, b in zip(widths[:-1], widths[1:], strict=True)
+        )
         for layer in [self.step_layer, *self.layers]:
             fan_out, fan_in = layer.weight.shape
             nn.init.normal_(layer.weight, 0.0, math.sqrt(2.0 / (fan_in + fan_out)))

@@ -56,9 +56,7 @@ class Recommender(nn.Module, ABC):
     def embeddings(self) -> tuple[Tensor, Tensor]:
         """Final ``(user, item)`` representations used for scoring."""
 
-    def scores(
-        self, users: Tensor, embeddings: tuple[Tensor, Tensor] | None = None
-    ) -> Tensor:
+    def scores(self, users: Tensor, embeddings: tuple[Tensor, Tensor] | None = None) -> Tensor:
         """Scores of every item for ``users``: a ``(len(users), n_items)`` tensor.
 
         Pass ``embeddings`` (from :meth:`embeddings`) to score many batches without

@@ -1,0 +1,143 @@
+"""All-rank top-K evaluation: Recall, NDCG, Precision and HitRate at K.
+
+For every user with at least one held-out item in the evaluated split, every item is
+scored; the user's training items are masked out (and, when evaluating ``test``, the
+validation items too), the top ``K`` are taken, and for each cut-off ``K``:
+
+* ``recall@K``    = hits / |held-out|
+* ``precision@K`` = hits / K
+* ``ndcg@K``      = DCG / IDCG with DCG = sum over hit ranks r (0-based) of 1/log2(r + 2)
+  and IDCG the DCG of ``min(|held-out|, K)`` hits at the top
+* ``hit@K``       = 1 if hits > 0 else 0
+
+each averaged over the evaluated users. Users are processed in batches; only a batch's
+``(batch, n_items)`` score matrix is ever dense.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+import scipy.sparse as sp
+import torch
+from torch import Tensor
+
+from diffmm.data.dataset import Dataset
+
+METRICS = ("recall", "ndcg", "precision", "hit")
+
+
+def _binary_csr(mat: sp.spmatrix) -> sp.csr_matrix:
+    csr = sp.csr_matrix(mat, dtype=np.float32, copy=True)
+    csr.eliminate_zeros()
+    csr.data[:] = 1.0
+    return csr
+
+
+def metric_names(ks: Sequence[int]) -> list[str]:
+    """Keys of the metrics :func:`evaluate` returns, e.g. ``["recall@10", ...]``."""
+    return [f"{m}@{k}" for k in sorted(set(ks)) for m in METRICS]
+
+
+def evaluate(
+    score_fn: Callable[[Tensor], Tensor],
+    dataset: Dataset,
+    split: str,
+    ks: Sequence[int] = (10, 20),
+    batch_size: int = 1024,
+    device: str | torch.device = "cpu",
+    per_user: bool = False,
+) -> dict[str, Any]:
+    """All-rank metrics of ``score_fn`` on ``split`` ("valid" or "test").
+
+    Args:
+        score_fn: maps a 1-d int64 tensor of user indices (on ``device``) to a
+            ``(len(users), n_items)`` score tensor on ``device``. It is not modified.
+        dataset: supplies the held-out split and the items to mask.
+        split: the split to evaluate; "test" also masks validation items.
+        ks: cut-offs.
+        batch_size: users scored at once.
+        device: where masking and top-K run.
+        per_user: also return each evaluated user's metrics under ``"per_user"``.
+
+    Returns:
+        ``{"recall@10": float, "ndcg@10": ..., "precision@10": ..., "hit@10": ..., ...,
+        "n_users": int}``; with ``per_user`` also ``"per_user": {"user": array, "recall@10":
+        array, ...}``. With no user to evaluate every metric is 0.0 and ``n_users`` 0.
+    """
+    if split not in ("train", "valid", "test"):
+        raise ValueError(f"unknown split {split!r}")
+    ks = sorted({int(k) for k in ks})
+    if not ks or ks[0] < 1:
+        raise ValueError(f"ks must be positive integers, got {ks}")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    device = torch.device(device)
+    n_items = dataset.n_items
+    heldout = _binary_csr(dataset.split(split))
+    if split == "train":
+        exclude = sp.csr_matrix(heldout.shape, dtype=np.float32)
+    else:
+        exclude = dataset.train if split != "test" else dataset.train + dataset.valid
+        exclude = _binary_csr(exclude)
+    n_heldout_all = np.diff(heldout.indptr)
+    users = np.flatnonzero(n_heldout_all > 0).astype(np.int64)
+
+    max_k = min(ks[-1], n_items)
+    discount = 1.0 / torch.log2(torch.arange(max_k, device=device, dtype=torch.float64) + 2.0)
+    # idcg_table[n-1] = IDCG of n relevant items within the top max_k
+    idcg_table = torch.cumsum(discount, 0)
+    per: dict[str, list[np.ndarray]] = {name: [] for name in metric_names(ks)}
+
+    for start in range(0, users.size, batch_size):
+        batch = users[start : start + batch_size]
+        b = batch.size
+        user_t = torch.from_numpy(batch).to(device)
+        scores = score_fn(user_t)
+        if scores.shape != (b, n_items):
+            raise ValueError(
+                f"score_fn returned shape {tuple(scores.shape)}, expected {(b, n_items)}"
+            )
+        # mask already-seen items: one index_put on the batch's (row, col) pairs
+        ex = exclude[batch]
+        if ex.nnz:
+            rows = np.repeat(np.arange(b, dtype=np.int64), np.diff(ex.indptr))
+            idx = (
+                torch.from_numpy(rows).to(device),
+                torch.from_numpy(ex.indices.astype(np.int64)).to(device),
+            )
+            scores = scores.index_put(
+                idx, torch.tensor(-torch.inf, device=device, dtype=scores.dtype)
+            )
+        top = torch.topk(scores, max_k, dim=1, sorted=True).indices
+        relevant = torch.from_numpy(heldout[batch].toarray() > 0).to(device)
+        hits = relevant.gather(1, top).to(torch.float64)  # (b, max_k)
+        n_rel = torch.from_numpy(n_heldout_all[batch]).to(device=device, dtype=torch.float64)
+        cum_hits = torch.cumsum(hits, 1)
+        cum_dcg = torch.cumsum(hits * discount, 1)
+        for k in ks:
+            kk = min(k, max_k)
+            n_hit = cum_hits[:, kk - 1]
+            idcg = idcg_table[(torch.clamp(n_rel, max=kk) - 1).long()]
+            values = {
+                "recall": n_hit / n_rel,
+                "ndcg": cum_dcg[:, kk - 1] / idcg,
+                "precision": n_hit / k,
+                "hit": (n_hit > 0).to(torch.float64),
+            }
+            for m in METRICS:
+                per[f"{m}@{k}"].append(values[m].cpu().numpy())
+
+    result: dict[str, Any] = {}
+    arrays = {
+        name: np.concatenate(parts) if parts else np.zeros(0, dtype=np.float64)
+        for name, parts in per.items()
+    }
+    for name, arr in arrays.items():
+        result[name] = float(arr.mean()) if arr.size else 0.0
+    result["n_users"] = int(users.size)
+    if per_user:
+        result["per_user"] = {"user": users, **arrays}
+    return result

@@ -1,0 +1,396 @@
+"""DiffMM: multi-modal diffusion model for recommendation.
+
+Jiang, Xia, Wei, Luo, Lin, Huang. "DiffMM: Multi-Modal Diffusion Model for
+Recommendation", ACM MM 2024 (arXiv 2406.11781). Equation numbers are the paper's;
+where the paper and the authors' code differ, the default follows the code.
+
+One epoch (§2.5), driven by the trainer:
+
+1. :meth:`DiffMM.begin_epoch` trains one denoiser per modality for one pass over all
+   users with the ELBO loss plus modality-aware signal injection (MSI, eq. 14), then
+   regenerates each modality's user-item graph ``A^m`` from the top-``rebuild_k`` items
+   of every user's denoised row, with edge dropout (§2.2.3);
+2. :meth:`DiffMM.loss` is BPR on the aggregated representations (eq. 20-23) plus
+   cross-modal InfoNCE between graph views (eq. 15-19) plus L2 on the ID embeddings.
+
+Aggregation (authors' form of eq. 20), for each modality ``m`` with aligned features
+``f̄_m = Norm(Trans(F_m))``::
+
+    H   = Â [E_U; f̄_m]        H' = Â [H_U; E_I]        Z_m = H + H' + ρ A^m [E_U; E_I]
+    Z0  = Σ_m softmax(κ)_m Z_m                              (eq. 21)
+    H̄   = Σ_{l=0..L} Â^l Z0 + ω Norm(Z0)                   (eq. 22-23)
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Literal
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from pydantic import Field
+from torch import Tensor, nn
+
+from diffmm.data.dataset import Dataset
+from diffmm.diffusion import Denoiser, GaussianDiffusion
+from diffmm.errors import DataError
+from diffmm.graph import edge_dropout, normalized_adjacency, spmm, topk_bipartite, transpose_csr
+from diffmm.models.base import Batch, ModelConfig, Recommender
+
+
+class DiffMMConfig(ModelConfig):
+    """Hyper-parameters of DiffMM; the authors' flag name is given in brackets."""
+
+    embedding_dim: int = Field(64, ge=1, description="Size of ID embeddings [latdim].")
+    n_layers: int = Field(1, ge=0, description="Propagation layers L of eq. 22 [gnn_layer].")
+    l2_weight: float = Field(1e-5, ge=0, description="λ2, L2 on E_U and E_I [reg].")
+    cl_weight: float = Field(1e-2, ge=0, description="λ1, contrastive loss weight [ssl_reg].")
+    temperature: float = Field(0.5, gt=0, description="τ of InfoNCE, eq. 18-19 [temp].")
+    cl_anchor: Literal["modality", "main"] = Field(
+        "modality",
+        description="InfoNCE pairs: every pair of modality views (eq. 18) or the main view "
+        "against each modality view (eq. 19) [cl_method 0/1].",
+    )
+    trans: Literal["linear", "parametric"] = Field(
+        "parametric",
+        description="Trans of eq. 15: a Linear layer, or F_m W_m + LeakyReLU [trans 1/0].",
+    )
+    residual_weight: float = Field(0.5, ge=0, description="ω of eq. 23 [ris_lambda].")
+    generated_graph_weight: float = Field(
+        0.2, ge=0, description="ρ, weight of A^m [E_U; E_I] in Z_m [ris_adj_lambda]."
+    )
+    msi_weight: float = Field(0.1, ge=0, description="λ0, MSI loss weight, eq. 14 [e_loss].")
+    keep_rate: float = Field(
+        0.5, gt=0, le=1, description="Edge keep rate of the generated graphs [keepRate]."
+    )
+    rebuild_k: int = Field(1, ge=1, description="Top-k items per user in A^m [rebuild_k].")
+    diffusion_steps: int = Field(5, ge=1, description="T, diffusion steps [steps].")
+    noise_scale: float = Field(0.1, gt=0, description="s of the schedule [noise_scale].")
+    noise_min: float = Field(1e-4, gt=0, description="γ_min of the schedule [noise_min].")
+    noise_max: float = Field(0.02, gt=0, description="γ_max of the schedule [noise_max].")
+    sampling_steps: int = Field(
+        0, ge=0, description="T', noising steps before denoising at inference [sampling_steps]."
+    )
+    denoiser_hidden_dims: list[int] = Field(
+        default_factory=lambda: [1000], description="Hidden widths of the denoiser [dims]."
+    )
+    step_embedding_dim: int = Field(10, ge=1, description="Step embedding size [d_emb_size].")
+    denoiser_dropout: float = Field(0.5, ge=0, lt=1, description="Dropout on x_t in training.")
+    diffusion_lr: float = Field(1e-3, gt=0, description="Adam lr of each denoiser [lr].")
+    diffusion_batch_size: int = Field(1024, ge=1, description="Users per diffusion step [batch].")
+    elbo_weighting: Literal["snr", "none"] = Field(
+        "snr", description="ELBO weight SNR(t-1) - SNR(t) (authors' code) or none (eq. 13)."
+    )
+    diffusion_graph_ratio: float = Field(
+        1.0,
+        ge=0,
+        le=1,
+        description="Share of the diffusion-generated graph in A^m; the rest is a randomly "
+        "edge-dropped training graph (paper Fig. 4). 0 is the 'w/o DM' ablation.",
+    )
+    random_graph_keep_rate: float = Field(
+        0.5, gt=0, le=1, description="Edge keep rate of that random graph (used when ratio < 1)."
+    )
+
+
+class DiffMM(Recommender):
+    """DiffMM recommender over any number of item modalities."""
+
+    name = "diffmm"
+    Config = DiffMMConfig
+
+    def __init__(self, config: DiffMMConfig, dataset: Dataset) -> None:
+        super().__init__()
+        if not dataset.features:
+            raise DataError(
+                f"dataset {dataset.name!r} has no item features, and DiffMM needs at least one "
+                "modality (e.g. image_feat.npy). Train an ID-only model instead: "
+                "--model lightgcn or --model mf."
+            )
+        self.config = config
+        self.n_users, self.n_items = dataset.n_users, dataset.n_items
+        self.modalities = list(dataset.features)
+        n_mod, dim = len(self.modalities), config.embedding_dim
+
+        self.user_emb = nn.Parameter(nn.init.xavier_uniform_(torch.empty(self.n_users, dim)))
+        self.item_emb = nn.Parameter(nn.init.xavier_uniform_(torch.empty(self.n_items, dim)))
+        self.trans = nn.ModuleList(
+            _make_trans(config.trans, feats.shape[1], dim) for feats in dataset.features.values()
+        )
+        # κ of eq. 21, initialised equal.
+        self.modality_logits = nn.Parameter(torch.full((n_mod,), 1.0 / n_mod))
+        for i, feats in enumerate(dataset.features.values()):
+            self.register_buffer(f"features_{i}", torch.from_numpy(feats), persistent=False)
+
+        train = dataset.train.tocsr()
+        self.register_buffer("adj", normalized_adjacency(train, self_loops=True), persistent=False)
+        self.register_buffer(
+            "train_indptr", torch.from_numpy(train.indptr.astype(np.int64)), persistent=False
+        )
+        self.register_buffer(
+            "train_indices", torch.from_numpy(train.indices.astype(np.int64)), persistent=False
+        )
+
+        self.diffusion = GaussianDiffusion(
+            config.diffusion_steps, config.noise_scale, config.noise_min, config.noise_max
+        )
+        self.denoisers = nn.ModuleList(
+            Denoiser(
+                self.n_items,
+                config.denoiser_hidden_dims,
+                config.step_embedding_dim,
+                config.denoiser_dropout,
+            )
+            for _ in self.modalities
+        )
+        self.denoiser_optimizers = [
+            torch.optim.Adam(d.parameters(), lr=config.diffusion_lr) for d in self.denoisers
+        ]
+        # A^m, one sparse (U+I)x(U+I) matrix per modality, regenerated every epoch, and
+        # their transposes for the backward pass (edge dropout breaks the symmetry).
+        self.modality_graphs: list[Tensor] = []
+        self._graph_transposes: list[Tensor] = []
+
+    def set_modality_graphs(self, graphs: list[Tensor]) -> None:
+        """Install the graphs ``A^m`` used by the aggregation and the views."""
+        self.modality_graphs = list(graphs)
+        self._graph_transposes = [transpose_csr(g) for g in self.modality_graphs]
+
+    # ----------------------------------------------------------------- parameters
+    def trainable_parameters(self) -> list[nn.Parameter]:
+        """The recommender's parameters; the denoisers have their own optimisers."""
+        denoiser_params = {id(p) for p in self.denoisers.parameters()}
+        return [p for p in self.parameters() if id(p) not in denoiser_params]
+
+    def _apply(self, fn, recurse=True):  # keep the generated graphs on the model's device
+        module = super()._apply(fn, recurse)
+        self.set_modality_graphs([fn(g) for g in self.modality_graphs])
+        return module
+
+    def get_extra_state(self) -> dict[str, Any]:
+        """The generated graphs belong to the model's state: scores depend on them."""
+        return {"modality_graphs": [g.detach().cpu() for g in self.modality_graphs]}
+
+    def set_extra_state(self, state: dict[str, Any]) -> None:
+        device = self.user_emb.device
+        self.set_modality_graphs([g.to(device) for g in state["modality_graphs"]])
+
+    def extra_state_dict(self) -> dict[str, Any]:
+        return {"denoiser_optimizers": [o.state_dict() for o in self.denoiser_optimizers]}
+
+    def load_extra_state_dict(self, state: dict[str, Any]) -> None:
+        for opt, opt_state in zip(
+            self.denoiser_optimizers, state["denoiser_optimizers"], strict=True
+        ):
+            opt.load_state_dict(opt_state)
+
+    # ----------------------------------------------------------------- features
+    def _features(self, i: int) -> Tensor:
+        return getattr(self, f"features_{i}")
+
+    def aligned_features(self) -> list[Tensor]:
+        """``Trans(F_m)`` for every modality (eq. 15), before normalisation."""
+        return [trans(self._features(i)) for i, trans in enumerate(self.trans)]
+
+    def _dense_rows(self, users: Tensor) -> Tensor:
+        """Dense training rows of ``users``: ``(len(users), n_items)`` float32."""
+        start, end = self.train_indptr[users], self.train_indptr[users + 1]
+        counts = end - start
+        rows = torch.repeat_interleave(torch.arange(len(users), device=users.device), counts)
+        offsets = torch.arange(int(counts.sum()), device=users.device) - torch.repeat_interleave(
+            torch.cumsum(counts, 0) - counts, counts
+        )
+        cols = self.train_indices[torch.repeat_interleave(start, counts) + offsets]
+        x0 = torch.zeros(len(users), self.n_items, device=users.device)
+        x0[rows, cols] = 1.0
+        return x0
+
+    # ----------------------------------------------------------------- diffusion (§2.2)
+    def begin_epoch(self, epoch: int) -> dict[str, float]:
+        """Train the denoisers for one pass, then regenerate the modality graphs."""
+        stats: dict[str, float] = {}
+        ratio = self.config.diffusion_graph_ratio
+        t0 = time.perf_counter()
+        if ratio > 0:
+            stats.update(self.train_diffusion())
+        t1 = time.perf_counter()
+        self.set_modality_graphs(self.generate_graphs())
+        t2 = time.perf_counter()
+        stats.update(seconds_diffusion=t1 - t0, seconds_graphs=t2 - t1)
+        return stats
+
+    def train_diffusion(self) -> dict[str, float]:
+        """One pass of ELBO + MSI training over all users (eq. 11-14), each modality."""
+        cfg = self.config
+        with torch.no_grad():  # MSI targets: detached item embeddings and features
+            item_emb = self.item_emb.detach()
+            modal_emb = [f.detach() for f in self.aligned_features()]
+        self.denoisers.train()
+        totals = torch.zeros(2, len(self.modalities))
+        order = torch.randperm(self.n_users).to(self.user_emb.device)
+        for users in order.split(cfg.diffusion_batch_size):
+            x0 = self._dense_rows(users)
+            id_signal = x0 @ item_emb
+            for m, (denoiser, opt) in enumerate(
+                zip(self.denoisers, self.denoiser_optimizers, strict=True)
+            ):
+                elbo, x0_hat = self.diffusion.training_loss(denoiser, x0, cfg.elbo_weighting)
+                msi = (x0_hat @ modal_emb[m] - id_signal).pow(2).mean(dim=1)
+                loss = elbo.mean() + cfg.msi_weight * msi.mean()
+                loss.backward()
+                opt.step()
+                opt.zero_grad(set_to_none=True)  # also frees the gradient memory
+                totals[:, m] += torch.stack([elbo.mean().detach(), msi.mean().detach()]).cpu()
+        n_batches = -(-self.n_users // cfg.diffusion_batch_size)
+        stats = {}
+        for m, name in enumerate(self.modalities):
+            stats[f"elbo_{name}"] = float(totals[0, m]) / n_batches
+            stats[f"msi_{name}"] = float(totals[1, m]) / n_batches
+        return stats
+
+    @torch.no_grad()
+    def denoised_topk(self, users: Tensor, modality: int) -> Tensor:
+        """Top-``rebuild_k`` items of the denoised rows of ``users`` (§2.2.3)."""
+        denoiser = self.denoisers[modality]
+        denoiser.eval()
+        x0 = self._dense_rows(users)
+        x_hat = self.diffusion.sample(denoiser, x0, self.config.sampling_steps)
+        return torch.topk(x_hat, self.config.rebuild_k, dim=1).indices
+
+    @torch.no_grad()
+    def generate_graphs(self) -> list[Tensor]:
+        """``A^m`` for every modality: generated and/or random graph, edge-dropped."""
+        cfg = self.config
+        ratio = cfg.diffusion_graph_ratio
+        device = self.user_emb.device
+        random_graph = self._random_graph() if ratio < 1 else None
+        graphs = []
+        for m in range(len(self.modalities)):
+            graph = None
+            if ratio > 0:
+                items = torch.cat(
+                    [
+                        self.denoised_topk(users, m)
+                        for users in torch.arange(self.n_users, device=device).split(
+                            cfg.diffusion_batch_size
+                        )
+                    ]
+                )
+                users = torch.arange(self.n_users, device=device).repeat_interleave(cfg.rebuild_k)
+                graph = topk_bipartite(users, items.reshape(-1), self.n_users, self.n_items)
+            if graph is None:
+                graph = random_graph
+            elif random_graph is not None:  # paper Fig. 4: a mix of both graphs
+                mixed = ratio * graph.to_sparse_coo() + (1 - ratio) * random_graph.to_sparse_coo()
+                graph = mixed.coalesce().to_sparse_csr()
+            graphs.append(edge_dropout(graph, cfg.keep_rate))
+        return graphs
+
+    def _random_graph(self) -> Tensor:
+        """The training graph with each user-item edge kept with ``random_graph_keep_rate``."""
+        counts = self.train_indptr[1:] - self.train_indptr[:-1]
+        users = torch.repeat_interleave(torch.arange(self.n_users, device=counts.device), counts)
+        keep = torch.rand(len(users), device=users.device) < self.config.random_graph_keep_rate
+        return topk_bipartite(users[keep], self.train_indices[keep], self.n_users, self.n_items)
+
+    # ----------------------------------------------------------------- aggregation (§2.4)
+    def _propagate_layers(self, h0: Tensor) -> Tensor:
+        """``Σ_{l=0..L} Â^l h0`` (eq. 22 and the views of eq. 17)."""
+        out, h = h0, h0
+        for _ in range(self.config.n_layers):
+            h = spmm(self.adj, h, symmetric=True)
+            out = out + h
+        return out
+
+    def _forward(self, with_views: bool) -> tuple[Tensor, list[Tensor]]:
+        """Main view ``H̄`` (U+I rows) and, if asked, the modality views ``V_m`` (eq. 17)."""
+        if not self.modality_graphs:
+            raise RuntimeError("DiffMM has no modality graphs yet: call begin_epoch() first")
+        cfg, n_users, dim = self.config, self.n_users, self.config.embedding_dim
+        n_mod = len(self.modalities)
+        feats = [F.normalize(f) for f in self.aligned_features()]
+        ego = torch.cat([self.user_emb, self.item_emb])
+        user_feat = [torch.cat([self.user_emb, f]) for f in feats]
+        # All modalities in one product each: columns are blocks of width `dim`.
+        h = spmm(self.adj, torch.cat(user_feat, dim=1), symmetric=True)
+        h_user = h[:n_users].reshape(n_users, n_mod, dim)
+        h2_in = torch.cat([h_user, self.item_emb[:, None].expand(-1, n_mod, -1)])
+        h2 = spmm(self.adj, h2_in.reshape(-1, n_mod * dim), symmetric=True)
+        weights = torch.softmax(self.modality_logits, dim=0)
+        z0 = 0
+        views_in = []
+        for m, (graph, graph_t) in enumerate(
+            zip(self.modality_graphs, self._graph_transposes, strict=True)
+        ):
+            block = slice(m * dim, (m + 1) * dim)
+            inputs = [ego, user_feat[m]] if with_views else [ego]
+            g = spmm(graph, torch.cat(inputs, dim=1), transpose=graph_t)
+            z_m = h[:, block] + h2[:, block] + cfg.generated_graph_weight * g[:, :dim]
+            z0 = z0 + weights[m] * z_m
+            if with_views:
+                views_in.append(g[:, dim:])
+        main = self._propagate_layers(z0) + cfg.residual_weight * F.normalize(z0)
+        views: list[Tensor] = []
+        if with_views:
+            views = list(self._propagate_layers(torch.cat(views_in, dim=1)).split(dim, dim=1))
+        return main, views
+
+    def embeddings(self) -> tuple[Tensor, Tensor]:
+        main, _ = self._forward(with_views=False)
+        return main[: self.n_users], main[self.n_users :]
+
+    # ----------------------------------------------------------------- training loss (§2.5)
+    def loss(self, batch: Batch) -> dict[str, Tensor]:
+        cfg, n_users = self.config, self.n_users
+        main, views = self._forward(with_views=cfg.cl_weight > 0)
+        users, items = main[:n_users], main[n_users:]
+        u = users[batch.users]
+        pos = (u * items[batch.pos_items]).sum(-1)
+        neg = (u * items[batch.neg_items]).sum(-1)
+        losses = {
+            "bpr": -F.logsigmoid(pos - neg).mean(),
+            "l2": cfg.l2_weight * (self.user_emb.square().sum() + self.item_emb.square().sum()),
+        }
+        if cfg.cl_weight > 0:
+            losses["cl"] = cfg.cl_weight * self._contrastive(main, views, batch)
+        return losses
+
+    def _contrastive(self, main: Tensor, views: list[Tensor], batch: Batch) -> Tensor:
+        """Cross-modal InfoNCE over the batch's users and positive items (eq. 18-19)."""
+        n_users, tau = self.n_users, self.config.temperature
+        if self.config.cl_anchor == "main":
+            pairs = [(main, v) for v in views]
+        else:
+            pairs = [
+                (views[a], views[b]) for a in range(len(views)) for b in range(a + 1, len(views))
+            ]
+        total = main.new_zeros(())
+        for anchor, other in pairs:
+            total = total + info_nce(anchor[:n_users], other[:n_users], batch.users, tau)
+            total = total + info_nce(anchor[n_users:], other[n_users:], batch.pos_items, tau)
+        return total
+
+
+def info_nce(anchor: Tensor, other: Tensor, nodes: Tensor, temperature: float) -> Tensor:
+    """InfoNCE with cosine similarity: anchors ``anchor[nodes]``, positives ``other[nodes]``,
+    negatives all rows of ``other``; averaged over anchors (eq. 18)."""
+    # The positive of anchor i is column nodes[i] of the logits: a softmax cross-entropy.
+    a = F.normalize(anchor[nodes], dim=1) / temperature
+    logits = a @ F.normalize(other, dim=1).T
+    return F.cross_entropy(logits, nodes)
+
+
+class _ParametricTrans(nn.Module):
+    """``LeakyReLU(F W)`` with a Xavier-initialised ``W`` (trans 0)."""
+
+    def __init__(self, in_dim: int, out_dim: int) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(nn.init.xavier_uniform_(torch.empty(in_dim, out_dim)))
+
+    def forward(self, features: Tensor) -> Tensor:
+        return F.leaky_relu(features @ self.weight, 0.2)
+
+
+def _make_trans(kind: str, in_dim: int, out_dim: int) -> nn.Module:
+    return nn.Linear(in_dim, out_dim) if kind == "linear" else _ParametricTrans(in_dim, out_dim)

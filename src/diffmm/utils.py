@@ -1,0 +1,122 @@
+"""Small helpers shared across the package: seeding, devices, atomic writes, memory."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from diffmm.errors import ConfigError
+
+
+def seed_everything(seed: int) -> np.random.Generator:
+    """Seed Python's, NumPy's legacy and torch's global generators.
+
+    Returns a fresh ``np.random.Generator`` seeded with ``seed`` (the generator code in
+    this package should use, rather than the global NumPy state).
+    """
+    random.seed(seed)
+    np.random.seed(seed % 2**32)  # noqa: NPY002 - third-party code may use the legacy global
+    torch.manual_seed(seed)
+    return np.random.default_rng(seed)
+
+
+def resolve_device(device: str = "auto") -> torch.device:
+    """``"auto"`` -> CUDA if available else CPU; otherwise ``torch.device(device)``.
+
+    Raises:
+        ConfigError: the name is not a device torch knows, or CUDA was asked for but is
+            not available.
+    """
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, ValueError) as exc:
+        raise ConfigError(f"unknown device {device!r}; use 'auto', 'cpu' or 'cuda[:i]'") from exc
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"device {device!r} requested but CUDA is not available; use 'cpu'")
+    return dev
+
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` atomically.
+
+    The bytes go to a temporary file in the same directory, which is flushed, fsynced
+    and then renamed over ``path`` with :func:`os.replace`; a reader sees either the
+    old file or the new one, never a partial write.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+
+
+def _json_default(obj: Any) -> Any:
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, np.ndarray):
+        return obj.tolist()
+    if isinstance(obj, Path):
+        return str(obj)
+    if isinstance(obj, torch.Tensor):
+        return obj.tolist()
+    raise TypeError(f"Object of type {type(obj).__name__} is not JSON serialisable")
+
+
+def to_json(obj: Any, *, indent: int | None = 2) -> str:
+    """``json.dumps`` that also accepts NumPy scalars/arrays, tensors and paths."""
+    return json.dumps(obj, indent=indent, default=_json_default)
+
+
+def atomic_write_json(path: str | Path, obj: Any, *, indent: int | None = 2) -> None:
+    """Serialise ``obj`` as JSON and write it atomically (see :func:`atomic_write_bytes`)."""
+    atomic_write_bytes(path, (to_json(obj, indent=indent) + "\n").encode())
+
+
+def atomic_append_line(path: str | Path, line: str) -> None:
+    """Append one line to a text file by rewriting it atomically.
+
+    Suited to small logs (one line per epoch): the file is always complete on disk.
+    """
+    path = Path(path)
+    old = path.read_bytes() if path.exists() else b""
+    atomic_write_bytes(path, old + line.rstrip("\n").encode() + b"\n")
+
+
+def atomic_torch_save(path: str | Path, obj: Any) -> None:
+    """``torch.save`` to ``path`` atomically."""
+    import io
+
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    atomic_write_bytes(path, buf.getvalue())
+
+
+def peak_rss_mb() -> float:
+    """Peak resident set size of this process so far, in MiB (0.0 if unknown)."""
+    try:
+        import resource
+    except ImportError:  # Windows
+        return 0.0
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    # Linux reports KiB, macOS bytes.
+    return peak / (1024 * 1024) if sys.platform == "darwin" else peak / 1024

@@ -1,0 +1,86 @@
+"""Tiny hand-built datasets for the graph, evaluation, sampling, training and model tests."""
+
+from __future__ import annotations
+
+import numpy as np
+import scipy.sparse as sp
+import torch
+
+from diffmm.data.dataset import Dataset
+from diffmm.models.base import Batch, Recommender
+from diffmm.sampling import bpr_epoch_batches
+
+
+def csr(dense: np.ndarray | list) -> sp.csr_matrix:
+    """A binary float32 CSR matrix with sorted indices from a dense 0/1 array."""
+    mat = sp.csr_matrix((np.asarray(dense) != 0).astype(np.float32))
+    mat.sort_indices()
+    return mat
+
+
+def make_dataset(train, valid=None, test=None, name: str = "tiny") -> Dataset:
+    """A Dataset from dense 0/1 arrays (missing splits are empty)."""
+    train = csr(train)
+    shape = train.shape
+    empty = np.zeros(shape, dtype=np.float32)
+    return Dataset(
+        name=name,
+        n_users=shape[0],
+        n_items=shape[1],
+        train=train,
+        valid=csr(empty if valid is None else valid),
+        test=csr(empty if test is None else test),
+    )
+
+
+def planted_dataset(
+    n_users: int = 120,
+    n_items: int = 60,
+    n_clusters: int = 4,
+    per_user: int = 10,
+    seed: int = 0,
+) -> Dataset:
+    """Learnable data: users and items belong to clusters and users mostly like their own.
+
+    Each user picks ``per_user`` items, 90% from its cluster's items, the rest anywhere;
+    per user one item goes to valid, one to test, the rest to train.
+    """
+    rng = np.random.default_rng(seed)
+    user_cluster = np.arange(n_users) % n_clusters
+    item_cluster = np.arange(n_items) % n_clusters
+    dense = np.zeros((n_users, n_items), dtype=np.float32)
+    split = np.zeros((n_users, n_items), dtype=np.int8)  # 0 train, 1 valid, 2 test
+    for u in range(n_users):
+        own = np.flatnonzero(item_cluster == user_cluster[u])
+        n_own = int(round(per_user * 0.9))
+        chosen = list(rng.choice(own, size=n_own, replace=False))
+        others = np.setdiff1d(np.arange(n_items), chosen)
+        chosen += list(rng.choice(others, size=per_user - n_own, replace=False))
+        chosen = rng.permutation(chosen)
+        dense[u, chosen] = 1
+        split[u, chosen[0]] = 1
+        split[u, chosen[1]] = 2
+    train = dense * (split == 0)
+    valid = dense * (split == 1)
+    test = dense * (split == 2)
+    return make_dataset(train, valid, test, name="planted")
+
+
+def fit_bpr(
+    model: Recommender, data: Dataset, epochs: int, lr: float = 0.05, seed: int = 0
+) -> list[float]:
+    """A bare BPR loop (no trainer): Adam, batches of 256; returns each epoch's loss sum."""
+    rng = np.random.default_rng(seed)
+    opt = torch.optim.Adam(model.trainable_parameters(), lr=lr)
+    losses = []
+    for _ in range(epochs):
+        total = 0.0
+        for u, p, n in bpr_epoch_batches(data.train, 256, rng):
+            batch = Batch(*(torch.from_numpy(x) for x in (u, p, n)))
+            loss = sum(model.loss(batch).values())
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            total += loss.item()
+        losses.append(total)
+    return losses

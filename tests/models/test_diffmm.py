@@ -1,0 +1,201 @@
+"""DiffMM on tiny hand-made data: shapes, gradient flow, variants, state."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import scipy.sparse as sp
+import torch
+
+from diffmm.data.dataset import Dataset
+from diffmm.errors import DataError
+from diffmm.models.base import Batch
+from diffmm.models.diffmm import DiffMM, DiffMMConfig, info_nce
+
+
+def tiny_dataset(n_modalities: int = 2, seed: int = 0) -> Dataset:
+    rng = np.random.default_rng(seed)
+    n_users, n_items = 30, 20
+    dense = rng.random((n_users, n_items)) < 0.2
+    dense[np.arange(n_users), rng.integers(0, n_items, n_users)] = True  # nobody is empty
+    train = sp.csr_matrix(dense.astype(np.float32))
+    valid = sp.csr_matrix((n_users, n_items), dtype=np.float32)
+    feats = {
+        f"m{i}": rng.normal(size=(n_items, 8 + i)).astype(np.float32) for i in range(n_modalities)
+    }
+    return Dataset("tiny", n_users, n_items, train, valid, valid.copy(), feats)
+
+
+def small_config(**kw) -> DiffMMConfig:
+    base = dict(denoiser_hidden_dims=[16], embedding_dim=8, diffusion_batch_size=8)
+    base.update(kw)
+    return DiffMMConfig(**base)
+
+
+def a_batch(ds: Dataset, n: int = 12) -> Batch:
+    coo = ds.train.tocoo()
+    return Batch(
+        torch.from_numpy(coo.row[:n]).long(),
+        torch.from_numpy(coo.col[:n]).long(),
+        torch.randint(0, ds.n_items, (n,)),
+    )
+
+
+@pytest.mark.parametrize("n_modalities", [1, 2, 3])
+def test_shapes_for_any_number_of_modalities(n_modalities):
+    torch.manual_seed(0)
+    ds = tiny_dataset(n_modalities)
+    model = DiffMM(small_config(), ds)
+    stats = model.begin_epoch(0)
+    assert len(model.modality_graphs) == n_modalities
+    assert all(g.shape == (50, 50) for g in model.modality_graphs)
+    assert {f"elbo_m{i}" for i in range(n_modalities)} <= set(stats)
+    users, items = model.embeddings()
+    assert users.shape == (30, 8) and items.shape == (20, 8)
+    assert model.scores(torch.tensor([0, 3])).shape == (2, 20)
+    losses = model.loss(a_batch(ds))
+    assert set(losses) == {"bpr", "l2", "cl"}
+    assert all(torch.isfinite(v) for v in losses.values())
+
+
+def test_dataset_without_features_is_refused_naming_id_only_models():
+    ds = tiny_dataset()
+    ds.features = {}
+    with pytest.raises(DataError, match="lightgcn"):
+        DiffMM(small_config(), ds)
+
+
+@pytest.mark.parametrize("cl_anchor", ["main", "modality"])
+def test_loss_reaches_every_recommender_parameter_and_no_denoiser(cl_anchor):
+    torch.manual_seed(0)
+    ds = tiny_dataset(2)
+    model = DiffMM(small_config(cl_anchor=cl_anchor, trans="linear"), ds)
+    model.begin_epoch(0)
+    sum(model.loss(a_batch(ds)).values()).backward()
+    for name, p in model.named_parameters():
+        if name.startswith("denoisers."):
+            assert p.grad is None, name
+        else:
+            assert p.grad is not None and p.grad.abs().sum() > 0, name
+    trainable = {id(p) for p in model.trainable_parameters()}
+    assert not any(id(p) in trainable for p in model.denoisers.parameters())
+
+
+def test_diffusion_training_updates_denoisers_only():
+    torch.manual_seed(0)
+    ds = tiny_dataset(2)
+    model = DiffMM(small_config(trans="parametric"), ds)
+    before = {k: v.clone() for k, v in model.state_dict().items() if isinstance(v, torch.Tensor)}
+    model.train_diffusion()
+    after = model.state_dict()
+    for key, value in before.items():
+        changed = not torch.equal(value, after[key])
+        assert changed == key.startswith("denoisers."), key
+    # MSI treats item embeddings and features as constants: no gradient reaches them.
+    assert model.item_emb.grad is None
+    assert all(p.grad is None for p in model.trans.parameters())
+
+
+def test_diffusion_loss_falls_over_epochs():
+    torch.manual_seed(0)
+    ds = tiny_dataset(1)
+    model = DiffMM(small_config(diffusion_lr=1e-2, elbo_weighting="none"), ds)
+    first = model.train_diffusion()["elbo_m0"]
+    for _ in range(30):
+        last = model.train_diffusion()["elbo_m0"]
+    assert last < first
+
+
+def test_generated_graph_is_topk_of_denoised_rows():
+    torch.manual_seed(0)
+    ds = tiny_dataset(1)
+    model = DiffMM(small_config(keep_rate=1.0, rebuild_k=2), ds)
+    graph = model.generate_graphs()[0].to_dense()
+    users = torch.arange(ds.n_users)
+    top = model.denoised_topk(users, 0)
+    # Each user is linked to exactly its top-k items (plus its self-loop).
+    linked = graph[: ds.n_users, ds.n_users :] > 0
+    assert (linked.sum(1) == 2).all()
+    assert linked[users[:, None], top].all()
+    assert torch.allclose(graph, graph.T)  # symmetric before edge dropout
+
+
+def test_edge_dropout_of_generated_graph_keeps_about_keep_rate():
+    torch.manual_seed(0)
+    ds = tiny_dataset(1)
+    full = DiffMM(small_config(keep_rate=1.0), ds).generate_graphs()[0]
+    torch.manual_seed(0)
+    half = DiffMM(small_config(keep_rate=0.5), ds).generate_graphs()[0]
+    ratio = half.values().numel() / full.values().numel()
+    assert 0.3 < ratio < 0.7
+    assert torch.allclose(half.values().max(), 2 * full.values().max(), rtol=0.5)
+
+
+def test_without_diffusion_graph_uses_random_training_subgraph_and_skips_denoisers():
+    torch.manual_seed(0)
+    ds = tiny_dataset(2)
+    model = DiffMM(small_config(diffusion_graph_ratio=0.0, keep_rate=1.0), ds)
+    before = model.denoisers[0].layers[0].weight.clone()
+    stats = model.begin_epoch(0)
+    assert not any(k.startswith("elbo") for k in stats)
+    assert torch.equal(before, model.denoisers[0].layers[0].weight)
+    ui = model.modality_graphs[0].to_dense()[: ds.n_users, ds.n_users :] > 0
+    train = torch.from_numpy(ds.train.toarray()) > 0
+    assert (ui & ~train).sum() == 0  # only training edges
+    assert 0 < ui.sum() < train.sum()
+
+
+def test_fused_graph_mixes_both_sources():
+    torch.manual_seed(0)
+    ds = tiny_dataset(1)
+    model = DiffMM(small_config(diffusion_graph_ratio=0.5, keep_rate=1.0), ds)
+    graph = model.generate_graphs()[0]
+    assert graph.layout == torch.sparse_csr
+    assert torch.isfinite(graph.values()).all()
+
+
+def test_variants_without_cl_and_msi():
+    torch.manual_seed(0)
+    ds = tiny_dataset(2)
+    model = DiffMM(small_config(cl_weight=0.0, msi_weight=0.0), ds)
+    model.begin_epoch(0)
+    assert set(model.loss(a_batch(ds))) == {"bpr", "l2"}
+
+
+def test_state_dict_round_trip_keeps_generated_graphs():
+    torch.manual_seed(0)
+    ds = tiny_dataset(2)
+    model = DiffMM(small_config(), ds)
+    model.begin_epoch(0)
+    users = torch.arange(5)
+    with torch.no_grad():
+        expected = model.scores(users)
+    clone = DiffMM(small_config(), ds)
+    clone.load_state_dict(model.state_dict())
+    with torch.no_grad():
+        torch.testing.assert_close(clone.scores(users), expected)
+
+
+def test_same_seed_same_everything():
+    def run():
+        torch.manual_seed(3)
+        ds = tiny_dataset(2)
+        model = DiffMM(small_config(), ds)
+        model.begin_epoch(0)
+        loss = sum(model.loss(a_batch(ds)).values())
+        return loss.item(), model.scores(torch.arange(4)).detach()
+
+    (l1, s1), (l2, s2) = run(), run()
+    assert l1 == l2 and torch.equal(s1, s2)
+
+
+def test_info_nce_matches_its_definition():
+    torch.manual_seed(0)
+    a, o = torch.randn(6, 4), torch.randn(6, 4)
+    nodes = torch.tensor([0, 2, 5])
+    an, on = torch.nn.functional.normalize(a), torch.nn.functional.normalize(o)
+    expected = 0.0
+    for n in nodes.tolist():
+        sims = (an[n] @ on.T) / 0.5
+        expected += -torch.log(torch.exp(sims[n]) / torch.exp(sims).sum())
+    torch.testing.assert_close(info_nce(a, o, nodes, 0.5), expected / 3)

@@ -1,0 +1,139 @@
+"""All-rank metrics against hand-computed answers; masking; batching."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from diffmm.evaluate import evaluate, metric_names
+from helpers import make_dataset
+
+# 3 users x 5 items. Scores rank items by descending score.
+SCORES = torch.tensor(
+    [
+        [0.9, 0.8, 0.7, 0.6, 0.5],  # user 0
+        [0.1, 0.2, 0.3, 0.4, 0.5],  # user 1
+        [0.5, 0.9, 0.1, 0.8, 0.2],  # user 2
+    ]
+)
+TRAIN = [
+    [1, 0, 0, 0, 0],  # user 0 saw item 0 -> masked; ranking 1, 2, 3, 4
+    [0, 0, 0, 0, 1],  # user 1 saw item 4 -> masked; ranking 3, 2, 1, 0
+    [0, 0, 0, 0, 0],  # user 2: ranking 1, 3, 0, 4, 2
+]
+VALID = [
+    [0, 0, 1, 0, 0],  # user 0 holds out item 2: rank 2 (0-based 1)
+    [1, 1, 0, 0, 0],  # user 1 holds out items 0, 1: ranks 0-based 3 and 2
+    [0, 0, 0, 0, 0],  # user 2 has nothing in valid: not evaluated
+]
+TEST = [
+    [0, 1, 0, 0, 0],  # user 0: item 1 (valid item 2 masked too -> ranking 1, 3, 4)
+    [0, 0, 0, 0, 0],
+    [0, 0, 1, 0, 0],  # user 2: item 2, ranked last (0-based 4)
+]
+
+
+def d(rank: int) -> float:
+    return 1.0 / math.log2(rank + 2)
+
+
+def score_fn(users: torch.Tensor) -> torch.Tensor:
+    return SCORES[users].clone()
+
+
+@pytest.fixture
+def data():
+    return make_dataset(TRAIN, VALID, TEST)
+
+
+def test_valid_metrics_by_hand(data):
+    res = evaluate(score_fn, data, "valid", ks=(1, 2, 3))
+    assert res["n_users"] == 2
+    # user 0: held-out {2} at 0-based rank 1. user 1: {0, 1} at ranks 3 and 2.
+    # K=1: no hits for either.
+    assert res["recall@1"] == 0 and res["hit@1"] == 0 and res["ndcg@1"] == 0
+    # K=2: user 0 hits once (rank 1); user 1 none.
+    assert res["recall@2"] == pytest.approx((1 / 1 + 0) / 2)
+    assert res["precision@2"] == pytest.approx((1 / 2 + 0) / 2)
+    assert res["hit@2"] == pytest.approx(0.5)
+    assert res["ndcg@2"] == pytest.approx((d(1) / d(0) + 0) / 2)
+    # K=3: user 0 as before; user 1 hits item 1 at rank 2 (of 2 held out).
+    recall_u1 = 1 / 2
+    ndcg_u1 = d(2) / (d(0) + d(1))  # IDCG over min(2, 3) = 2 positions
+    assert res["recall@3"] == pytest.approx((1 + recall_u1) / 2)
+    assert res["precision@3"] == pytest.approx((1 / 3 + 1 / 3) / 2)
+    assert res["hit@3"] == pytest.approx(1.0)
+    assert res["ndcg@3"] == pytest.approx((d(1) / d(0) + ndcg_u1) / 2)
+
+
+def test_test_split_masks_train_and_valid(data):
+    res = evaluate(score_fn, data, "test", ks=(1, 5), per_user=True)
+    # users 0 and 2 have test items. User 0: train item 0 and valid item 2 masked,
+    # so item 1 is ranked first. User 2: item 2 last of 5.
+    assert res["n_users"] == 2
+    np.testing.assert_array_equal(res["per_user"]["user"], [0, 2])
+    np.testing.assert_allclose(res["per_user"]["recall@1"], [1.0, 0.0])
+    np.testing.assert_allclose(res["per_user"]["ndcg@1"], [1.0, 0.0])
+    np.testing.assert_allclose(res["per_user"]["recall@5"], [1.0, 1.0])
+    np.testing.assert_allclose(res["per_user"]["ndcg@5"], [1.0, d(4) / d(0)])
+    np.testing.assert_allclose(res["per_user"]["precision@5"], [0.2, 0.2])
+    assert res["recall@1"] == pytest.approx(0.5)
+    assert res["ndcg@5"] == pytest.approx((1 + d(4)) / 2)
+
+
+def test_masked_items_are_never_recommended():
+    # the top-scored item is in train for every user: without masking it would be a hit
+    train = [[1, 0, 0], [1, 0, 0]]
+    valid = [[1, 0, 0], [0, 1, 0]]  # user 0's held-out item leaks from train
+    data = make_dataset(train, valid)
+    scores = torch.tensor([[9.0, 1.0, 0.0], [9.0, 1.0, 0.0]])
+    res = evaluate(lambda u: scores[u].clone(), data, "valid", ks=(1,), per_user=True)
+    np.testing.assert_allclose(res["per_user"]["hit@1"], [0.0, 1.0])
+
+
+def test_score_fn_output_is_not_modified():
+    # every user has a held-out item, so score_fn may return the cached matrix itself
+    seen = SCORES.clone()
+    evaluate(lambda u: seen, make_dataset(TRAIN, [[1] * 5] * 3, TEST), "valid", ks=(1,))
+    torch.testing.assert_close(seen, SCORES)
+
+
+def test_batch_size_invariance():
+    rng = np.random.default_rng(0)
+    n_users, n_items = 37, 23
+    train = rng.random((n_users, n_items)) < 0.2
+    valid = (rng.random((n_users, n_items)) < 0.15) & ~train
+    data = make_dataset(train, valid)
+    scores = torch.from_numpy(rng.standard_normal((n_users, n_items)).astype(np.float32))
+    ref = evaluate(lambda u: scores[u], data, "valid", ks=(3, 10), batch_size=1000)
+    for bs in (1, 4, 16):
+        res = evaluate(lambda u: scores[u], data, "valid", ks=(3, 10), batch_size=bs)
+        for key in metric_names((3, 10)):
+            assert res[key] == pytest.approx(ref[key], abs=1e-12)
+    # a perfect scorer has recall 1 once K covers every held-out item
+    perfect = torch.from_numpy(valid.astype(np.float32))
+    res = evaluate(lambda u: perfect[u], data, "valid", ks=(n_items,))
+    assert res[f"recall@{n_items}"] == pytest.approx(1.0)
+    assert res[f"ndcg@{n_items}"] == pytest.approx(1.0)
+
+
+def test_no_users_to_evaluate():
+    data = make_dataset([[1, 0], [0, 1]])
+    res = evaluate(lambda u: torch.zeros(len(u), 2), data, "valid", ks=(1,))
+    assert res["n_users"] == 0 and res["recall@1"] == 0.0
+
+
+def test_wrong_shape_is_reported(data):
+    with pytest.raises(ValueError, match="shape"):
+        evaluate(lambda u: torch.zeros(len(u), 4), data, "valid")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_matches_cpu(data):
+    cpu = evaluate(score_fn, data, "test", ks=(1, 2, 5))
+    gpu = evaluate(lambda u: SCORES.cuda()[u], data, "test", ks=(1, 2, 5), device="cuda")
+    for key in metric_names((1, 2, 5)):
+        assert gpu[key] == pytest.approx(cpu[key])

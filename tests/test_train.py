@@ -1,0 +1,157 @@
+"""The trainer: learning, early stopping and selection, determinism, test-once, files."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+import diffmm.train as train_mod
+from diffmm.config import RunConfig, TrainConfig
+from diffmm.evaluate import evaluate as real_evaluate
+from diffmm.models.lightgcn import Config as LightGCNConfig
+from diffmm.models.mf import MF
+from diffmm.models.mf import Config as MFConfig
+from diffmm.train import Trainer, train
+from helpers import make_dataset, planted_dataset
+
+
+def quiet(*_args) -> None:
+    pass
+
+
+def run_config(model: str = "mf", **train_kw) -> RunConfig:
+    params = MFConfig(embedding_dim=16) if model == "mf" else LightGCNConfig(embedding_dim=16)
+    base = dict(epochs=6, batch_size=128, lr=0.05, progress=False, device="cpu", seed=7)
+    base.update(train_kw)
+    return RunConfig(model=model, train=TrainConfig(**base), params=params)
+
+
+def read_log(run_dir):
+    return [json.loads(line) for line in (run_dir / "log.jsonl").read_text().splitlines()]
+
+
+def test_loss_falls_and_files_are_written(tmp_path):
+    data = planted_dataset()
+    summary = train(run_config("lightgcn"), data, tmp_path, log=quiet)
+    log = read_log(tmp_path)
+    assert [r["epoch"] for r in log] == list(range(1, 7))
+    assert log[-1]["losses"]["bpr"] < 0.7 * log[0]["losses"]["bpr"]
+    for record in log:
+        assert {"bpr", "l2", "loss"} <= set(record["losses"])
+        assert {"seconds_begin_epoch", "seconds_train", "seconds_eval", "seconds"} <= set(record)
+        assert "recall@20" in record["valid"] and "begin_epoch" in record
+    on_disk = json.loads((tmp_path / "summary.json").read_text())
+    assert on_disk == json.loads(json.dumps(summary))
+    assert summary["model"] == "lightgcn" and summary["epochs_run"] == 6
+    assert summary["selection"]["metric"] == "recall@20"
+    assert summary["test"]["recall@20"] > 0.5  # random would be about 20 / 51
+    assert summary["peak_rss_mb"] > 0 and summary["seconds_per_epoch"] > 0
+    assert "best_on_test" not in summary
+    config = json.loads((tmp_path / "config.json").read_text())
+    assert config["model"] == "lightgcn" and config["train"]["seed"] == 7
+    best = torch.load(tmp_path / "best.pt", weights_only=False)
+    assert best["epoch"] == summary["best_epoch"]
+    assert not list(tmp_path.glob("*.tmp"))  # no temporary files left behind
+
+
+def test_same_seed_same_results():
+    data = planted_dataset()
+    a = train(run_config("lightgcn", epochs=3), data, None, log=quiet)
+    b = train(run_config("lightgcn", epochs=3), data, None, log=quiet)
+    assert a["test"] == b["test"] and a["valid"] == b["valid"]
+    c = train(run_config("lightgcn", epochs=3, seed=8), data, None, log=quiet)
+    assert c["test"] != a["test"] or c["valid"] != a["valid"]
+
+
+class ScriptedEvaluate:
+    """Stands in for ``evaluate``: scripted valid values, a fingerprint of the model."""
+
+    def __init__(self, valid_values):
+        self.valid_values = list(valid_values)
+        self.calls: list[str] = []
+        self.fingerprints: list[float] = []
+
+    def __call__(self, score_fn, dataset, split, ks=(10, 20), **kw):
+        self.calls.append(split)
+        fingerprint = float(score_fn(torch.tensor([0])).sum())
+        if split == "valid":
+            self.fingerprints.append(fingerprint)
+            value = self.valid_values.pop(0)
+        else:
+            value = 0.0
+        out = {f"{m}@{k}": value for k in ks for m in ("recall", "ndcg", "precision", "hit")}
+        out["n_users"] = 1
+        out["fingerprint"] = fingerprint
+        return out
+
+
+def test_early_stopping_restores_the_best_validation_state(tmp_path, monkeypatch):
+    data = planted_dataset()
+    spy = ScriptedEvaluate([0.1, 0.3, 0.2, 0.25, 0.9, 0.9])
+    monkeypatch.setattr(train_mod, "evaluate", spy)
+    torch.manual_seed(0)
+    model = MF(MFConfig(embedding_dim=8), data)
+    cfg = TrainConfig(epochs=10, patience=2, lr=0.05, batch_size=128, progress=False)
+    summary = Trainer(model, data, cfg, tmp_path, log=quiet).fit()
+    # best at epoch 2; epochs 3 and 4 do not improve -> stop after epoch 4
+    assert summary["best_epoch"] == 2 and summary["stopped_early"] is True
+    assert summary["epochs_run"] == 4
+    assert summary["valid"]["recall@20"] == 0.3
+    # the test split was scored once, at the end, with the epoch-2 parameters
+    assert spy.calls == ["valid"] * 4 + ["test"]
+    assert summary["test"]["fingerprint"] == spy.fingerprints[1]
+    assert spy.fingerprints[1] != spy.fingerprints[3]
+    log = read_log(tmp_path)
+    assert [r["improved"] for r in log] == [True, True, False, False]
+    assert torch.load(tmp_path / "best.pt", weights_only=False)["epoch"] == 2
+
+
+def test_test_split_is_evaluated_exactly_once(monkeypatch):
+    calls = []
+
+    def spy(score_fn, dataset, split, **kw):
+        calls.append(split)
+        return real_evaluate(score_fn, dataset, split, **kw)
+
+    monkeypatch.setattr(train_mod, "evaluate", spy)
+    summary = train(run_config(epochs=4, eval_every=2), planted_dataset(), None, log=quiet)
+    assert calls == ["valid", "valid", "test"]
+    assert summary["epochs_run"] == 4
+
+
+def test_test_every_epoch_is_reported_for_parity_only(tmp_path, monkeypatch):
+    data = planted_dataset()
+    spy = ScriptedEvaluate([0.5, 0.1, 0.1, 0.1])
+    monkeypatch.setattr(train_mod, "evaluate", spy)
+    cfg = TrainConfig(epochs=4, patience=5, progress=False, test_every_epoch=True)
+    summary = Trainer(MF(MFConfig(embedding_dim=8), data), data, cfg, tmp_path, log=quiet).fit()
+    assert summary["best_epoch"] == 1  # still selected on validation
+    assert spy.calls == ["valid", "test"] * 4 + ["test"]
+    assert "authors' protocol" in summary["best_on_test"]["note"]
+    assert summary["best_on_test"]["recall@20"]["epoch"] in range(1, 5)
+    assert all("test_parity" in r for r in read_log(tmp_path))
+
+
+def test_no_validation_data_selects_the_last_epoch():
+    planted = planted_dataset()
+    data = make_dataset(planted.train.toarray(), None, planted.test.toarray())
+    messages = []
+    summary = train(run_config(epochs=3), data, None, log=messages.append)
+    assert any("no validation" in m for m in messages)
+    assert summary["best_epoch"] == 3 and summary["epochs_run"] == 3
+    assert "last epoch" in summary["selected_by"] and summary["valid"] == {}
+    assert summary["test"]["n_users"] == data.n_users
+
+
+def test_metric_k_outside_ks_is_still_computed():
+    cfg = run_config(epochs=1, metric="ndcg@5", ks=[10])
+    summary = train(cfg, planted_dataset(), None, log=quiet)
+    assert "ndcg@5" in summary["valid"] and "recall@10" in summary["test"]
+
+
+@pytest.mark.parametrize("model", ["mf", "lightgcn"])
+def test_trains_each_baseline(model):
+    summary = train(run_config(model, epochs=2), planted_dataset(), None, log=quiet)
+    assert summary["model"] == model and summary["test"]["n_users"] > 0
