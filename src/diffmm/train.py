@@ -16,7 +16,7 @@ select anything).
 
 Epochs are numbered from 1. A run directory, when given, receives ``log.jsonl`` (one
 JSON object per epoch), ``best.pt`` (the best state so far: ``{"epoch", "metric",
-"value", "model": state_dict, "extra": extra_state_dict}``) and ``summary.json``; every
+"value", "model": state_dict}``) and ``summary.json``; every
 file is written atomically.
 """
 
@@ -142,10 +142,8 @@ class Trainer:
         return means
 
     def _best_state(self) -> dict[str, Any]:
-        return {
-            "model": copy.deepcopy(self.model.state_dict()),
-            "extra": copy.deepcopy(self.model.extra_state_dict()),
-        }
+        """What scoring needs: the model's state (not its optimisers)."""
+        return {"model": copy.deepcopy(self.model.state_dict())}
 
     # ------------------------------------------------------------------ the loop
     def fit(self) -> dict[str, Any]:
@@ -253,7 +251,6 @@ class Trainer:
             )
         else:
             model.load_state_dict(best_state["model"])
-            model.load_extra_state_dict(best_state["extra"])
             selected_by = f"best valid {metric}"
         if best_state is None and self.run_dir is not None:
             atomic_torch_save(

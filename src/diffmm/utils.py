@@ -7,8 +7,9 @@ import os
 import random
 import sys
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 import torch
@@ -46,10 +47,10 @@ def resolve_device(device: str = "auto") -> torch.device:
     return dev
 
 
-def atomic_write_bytes(path: str | Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` atomically.
+def atomic_write(path: str | Path, write: Callable[[BinaryIO], None]) -> None:
+    """Create or replace ``path`` atomically with what ``write(file)`` writes.
 
-    The bytes go to a temporary file in the same directory, which is flushed, fsynced
+    The data go to a temporary file in the same directory, which is flushed, fsynced
     and then renamed over ``path`` with :func:`os.replace`; a reader sees either the
     old file or the new one, never a partial write.
     """
@@ -58,7 +59,7 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
+            write(fh)
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
@@ -68,6 +69,11 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
         except FileNotFoundError:
             pass
         raise
+
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` atomically (see :func:`atomic_write`)."""
+    atomic_write(path, lambda fh: fh.write(data))
 
 
 def _json_default(obj: Any) -> Any:
@@ -104,11 +110,7 @@ def atomic_append_line(path: str | Path, line: str) -> None:
 
 def atomic_torch_save(path: str | Path, obj: Any) -> None:
     """``torch.save`` to ``path`` atomically."""
-    import io
-
-    buf = io.BytesIO()
-    torch.save(obj, buf)
-    atomic_write_bytes(path, buf.getvalue())
+    atomic_write(path, lambda fh: torch.save(obj, fh))
 
 
 def peak_rss_mb() -> float:

@@ -35,7 +35,14 @@ from torch import Tensor, nn
 from diffmm.data.dataset import Dataset
 from diffmm.diffusion import Denoiser, GaussianDiffusion
 from diffmm.errors import DataError
-from diffmm.graph import edge_dropout, normalized_adjacency, spmm, topk_bipartite, transpose_csr
+from diffmm.graph import (
+    csr_tensor,
+    edge_dropout,
+    normalized_adjacency,
+    spmm,
+    topk_bipartite,
+    transpose_csr,
+)
 from diffmm.models.base import Batch, ModelConfig, Recommender
 
 
@@ -170,11 +177,19 @@ class DiffMM(Recommender):
 
     def get_extra_state(self) -> dict[str, Any]:
         """The generated graphs belong to the model's state: scores depend on them."""
-        return {"modality_graphs": [g.detach().cpu() for g in self.modality_graphs]}
+        graphs = [
+            {"crow": g.crow_indices(), "col": g.col_indices(), "values": g.values()}
+            for g in self.modality_graphs
+        ]  # plain tensors: a sparse CSR tensor cannot be deep-copied or pickled everywhere
+        return {"modality_graphs": [{k: v.cpu() for k, v in g.items()} for g in graphs]}
 
     def set_extra_state(self, state: dict[str, Any]) -> None:
-        device = self.user_emb.device
-        self.set_modality_graphs([g.to(device) for g in state["modality_graphs"]])
+        device, n = self.user_emb.device, self.n_users + self.n_items
+        graphs = [
+            csr_tensor(g["crow"], g["col"], g["values"], (n, n)).to(device)
+            for g in state["modality_graphs"]
+        ]
+        self.set_modality_graphs(graphs)
 
     def extra_state_dict(self) -> dict[str, Any]:
         return {"denoiser_optimizers": [o.state_dict() for o in self.denoiser_optimizers]}
