@@ -189,10 +189,10 @@ def apply_override(raw: dict[str, Any], model: str, assignment: str) -> None:
     raw.setdefault(section, {})[name] = parse_value(text)
 
 
-def _format_validation_error(err: ValidationError, where: str) -> str:
+def _format_validation_error(err: ValidationError, where: str, section: str) -> str:
     lines = [f"invalid configuration ({where}):"]
     for e in err.errors():
-        loc = ".".join(str(p) for p in e["loc"])
+        loc = ".".join([section, *(str(p) for p in e["loc"])])
         lines.append(f"  {loc}: {e['msg']} (got {e.get('input')!r})")
     return "\n".join(lines)
 
@@ -242,9 +242,12 @@ def resolve_config(
     _deep_update(raw, {k: v for k, v in file_raw.items() if k in ("train", model)})
     for assignment in overrides:
         apply_override(raw, model, assignment)
-    try:
-        train = TrainConfig(**raw["train"])
-        params = get_model_class(model).Config(**raw[model])
-    except ValidationError as err:
-        raise ConfigError(_format_validation_error(err, str(config_file or "overrides"))) from None
+    where = ", ".join(filter(None, [str(config_file or ""), "overrides" if overrides else ""]))
+    sections = {}
+    for section, cls in (("train", TrainConfig), (model, get_model_class(model).Config)):
+        try:
+            sections[section] = cls(**raw[section])
+        except ValidationError as err:
+            raise ConfigError(_format_validation_error(err, where or "defaults", section)) from None
+    train, params = sections["train"], sections[model]
     return RunConfig(model=model, preset=preset, train=train, params=params)

@@ -95,8 +95,14 @@ class Denoiser(nn.Module):
     def forward(self, x_t: Tensor, t: Tensor) -> Tensor:
         emb = self.step_layer(timestep_embedding(t, self.step_embedding_dim))
         x = F.dropout(x_t, self.input_dropout, self.training)
-        h = torch.cat([x, emb.to(x.dtype)], dim=-1)
-        for layer in self.layers[:-1]:
+        # first(cat([x, emb])) computed as two products: no copy of x, and no gradient
+        # with respect to x (a full-size product) when only the embedding needs one.
+        first, n_items = self.layers[0], x.shape[1]
+        h = F.linear(x, first.weight[:, :n_items]) + F.linear(
+            emb.to(x.dtype), first.weight[:, n_items:], first.bias
+        )
+        h = torch.tanh(h)
+        for layer in self.layers[1:-1]:
             h = torch.tanh(layer(h))
         return self.layers[-1](h)
 

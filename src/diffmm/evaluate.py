@@ -36,6 +36,31 @@ def _binary_csr(mat: sp.spmatrix) -> sp.csr_matrix:
     return csr
 
 
+def mask_items(scores: Tensor, items: sp.csr_matrix) -> Tensor:
+    """``scores`` with ``-inf`` where ``items`` (one CSR row per score row) is stored.
+
+    Out of place: one ``index_put`` on the (row, item) pairs, on ``scores``' device.
+    """
+    if not items.nnz:
+        return scores
+    rows = np.repeat(np.arange(items.shape[0], dtype=np.int64), np.diff(items.indptr))
+    idx = (
+        torch.from_numpy(rows).to(scores.device),
+        torch.from_numpy(items.indices.astype(np.int64)).to(scores.device),
+    )
+    return scores.index_put(idx, torch.tensor(-torch.inf, device=scores.device, dtype=scores.dtype))
+
+
+def top_k_items(
+    scores: Tensor, k: int, exclude: sp.csr_matrix | None = None
+) -> tuple[Tensor, Tensor]:
+    """Top-``k`` ``(indices, scores)`` per row, skipping the items in ``exclude``'s rows."""
+    if exclude is not None:
+        scores = mask_items(scores, exclude)
+    top = torch.topk(scores, min(k, scores.shape[1]), dim=1, sorted=True)
+    return top.indices, top.values
+
+
 def metric_names(ks: Sequence[int]) -> list[str]:
     """Keys of the metrics :func:`evaluate` returns, e.g. ``["recall@10", ...]``."""
     return [f"{m}@{k}" for k in sorted(set(ks)) for m in METRICS]
@@ -100,17 +125,7 @@ def evaluate(
             raise ValueError(
                 f"score_fn returned shape {tuple(scores.shape)}, expected {(b, n_items)}"
             )
-        # mask already-seen items: one index_put on the batch's (row, col) pairs
-        ex = exclude[batch]
-        if ex.nnz:
-            rows = np.repeat(np.arange(b, dtype=np.int64), np.diff(ex.indptr))
-            idx = (
-                torch.from_numpy(rows).to(device),
-                torch.from_numpy(ex.indices.astype(np.int64)).to(device),
-            )
-            scores = scores.index_put(
-                idx, torch.tensor(-torch.inf, device=device, dtype=scores.dtype)
-            )
+        scores = mask_items(scores, exclude[batch])
         top = torch.topk(scores, max_k, dim=1, sorted=True).indices
         relevant = torch.from_numpy(heldout[batch].toarray() > 0).to(device)
         hits = relevant.gather(1, top).to(torch.float64)  # (b, max_k)

@@ -1,0 +1,383 @@
+"""Foundation benchmark: MF-BPR and LightGCN on the real Baby and TikTok splits.
+
+Run from the repository root::
+
+    .venv/bin/python benchmarks/baselines.py [--datasets baby,tiktok] [--models mf,lightgcn]
+        [--seeds 1] [--out benchmarks/results]
+
+Every (dataset, model, seed) is trained through the project's own API
+(:func:`diffmm.config.resolve_config`, :func:`diffmm.data.load_dataset`,
+:func:`diffmm.train.train`) under the honest protocol: the epoch is selected on
+validation Recall@20 with early stopping and the test split is scored once, at that
+epoch. Each run is a separate child process, so its timing and peak RSS are its own;
+its run directory (``log.jsonl``, ``best.pt``, ``summary.json``, ``config.json``) goes to
+``benchmarks/runs/`` (git-ignored; ``--runs`` changes it).
+
+The data are read from ``<repo>/../shared/data/<dataset>`` (the environment variable
+``DIFFMM_SHARED_DATA`` overrides the folder). Results go to ``<out>/baselines.md`` (a
+Markdown table with the command, git revision, machine and date) and
+``<out>/baselines.json`` (the same figures, flat keys such as
+``lightgcn_baby_test_recall@20``; with several seeds the flat value is the mean and
+``..._std`` the standard deviation, and every seed's summary is under ``"runs"``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import platform
+import shlex
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+DATASETS = ("baby", "tiktok")
+MODELS = ("mf", "lightgcn")
+BASE_SEED = 421  # TrainConfig's default seed; seed i of --seeds N is BASE_SEED + i
+
+# Settings shared by every run: 64-d embeddings, validation Recall@20 as the selection
+# metric (the trainer's default), no progress bars, CPU or CUDA as available.
+COMMON: list[str] = ["train.progress=false", "train.metric=recall@20", "embedding_dim=64"]
+
+# Per-model, per-dataset hyper-parameters (``--set``-style overrides on top of COMMON).
+# Chosen on VALIDATION Recall@20 only (seed 421, one run each; the test split was not
+# looked at while tuning). Validation Recall@20 of the runs compared, best first:
+#
+# LightGCN (n_layers 2; eval every 5 epochs, patience 10 validations = 50 epochs):
+#   baby   lr 5e-3, batch 4096, l2 1e-4: ...
+#   tiktok lr 5e-3, batch 4096, l2 1e-4: ...
+# MF-BPR:
+#   baby   ...
+#   tiktok ...
+#
+# ``l2_weight`` multiplies sum(|e|^2) / (2 * batch size) of the batch's (layer-0)
+# embeddings, as in the LightGCN reference code, so it does not scale with the batch.
+HPARAMS: dict[str, dict[str, dict[str, Any]]] = {
+    "lightgcn": {
+        "baby": {
+            "train.lr": 5e-3,
+            "train.batch_size": 4096,
+            "train.epochs": 1000,
+            "train.eval_every": 5,
+            "train.patience": 10,
+            "n_layers": 2,
+            "l2_weight": 1e-4,
+        },
+        "tiktok": {
+            "train.lr": 5e-3,
+            "train.batch_size": 4096,
+            "train.epochs": 1000,
+            "train.eval_every": 5,
+            "train.patience": 10,
+            "n_layers": 2,
+            "l2_weight": 1e-4,
+        },
+    },
+    "mf": {
+        "baby": {
+            "train.lr": 5e-3,
+            "train.batch_size": 4096,
+            "train.epochs": 1000,
+            "train.eval_every": 5,
+            "train.patience": 10,
+            "l2_weight": 1e-4,
+        },
+        "tiktok": {
+            "train.lr": 5e-3,
+            "train.batch_size": 4096,
+            "train.epochs": 1000,
+            "train.eval_every": 5,
+            "train.patience": 10,
+            "l2_weight": 1e-4,
+        },
+    },
+}
+
+TEST_METRICS = ("recall@10", "recall@20", "ndcg@10", "ndcg@20", "precision@20")
+MODEL_TITLES = {"mf": "MF-BPR", "lightgcn": "LightGCN"}
+
+
+# ---------------------------------------------------------------------------- helpers
+def shared_data_root() -> Path:
+    """``$DIFFMM_SHARED_DATA`` or ``<repo>/../shared/data``."""
+    env = os.environ.get("DIFFMM_SHARED_DATA")
+    return Path(env).expanduser().resolve() if env else (REPO.parent / "shared" / "data").resolve()
+
+
+def overrides_for(model: str, dataset: str, seed: int) -> list[str]:
+    """The ``key=value`` overrides of one run."""
+    params = HPARAMS[model][dataset]
+    return [*COMMON, *(f"{k}={json.dumps(v)}" for k, v in params.items()), f"train.seed={seed}"]
+
+
+def git_revision() -> str:
+    """``git rev-parse HEAD``, plus ``-dirty`` when the working tree has any change."""
+
+    def git(*args: str) -> str:
+        return subprocess.run(
+            ["git", *args], cwd=REPO, capture_output=True, text=True, check=True
+        ).stdout.strip()
+
+    try:
+        rev = git("rev-parse", "HEAD")
+        dirty = bool(git("status", "--porcelain"))
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return rev + ("-dirty" if dirty else "")
+
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.lower().startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "unknown"
+
+
+def machine_info() -> dict[str, Any]:
+    import torch
+
+    return {
+        "cpu": cpu_model(),
+        "cores": os.cpu_count(),
+        "torch": torch.__version__,
+        "torch_threads": torch.get_num_threads(),
+        "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+    }
+
+
+# ---------------------------------------------------------------------------- one run
+def run_one(dataset: str, model: str, seed: int, run_dir: Path, data_root: Path) -> None:
+    """Train one (dataset, model, seed) in this process; the summary lands in run_dir."""
+    from diffmm.config import resolve_config
+    from diffmm.data import load_dataset
+    from diffmm.train import train
+
+    config = resolve_config(model=model, overrides=overrides_for(model, dataset, seed))
+    data = load_dataset(str(data_root / dataset))
+    log_file = (run_dir / "train.log").open("w")
+
+    def log(line: str) -> None:
+        log_file.write(line + "\n")
+        log_file.flush()
+        if "*" in line or "early stop" in line or "selected" in line:
+            print(f"  [{model}/{dataset}/seed {seed}] {line}", flush=True)
+
+    try:
+        train(config, data, run_dir=run_dir, log=log)
+    finally:
+        log_file.close()
+
+
+def spawn_one(dataset: str, model: str, seed: int, runs: Path, data_root: Path) -> dict:
+    """Run one training in a child process (own timing and peak RSS); its summary."""
+    run_dir = runs / f"{dataset}-{model}-seed{seed}"
+    run_dir.mkdir(parents=True, exist_ok=True)
+    summary_path = run_dir / "summary.json"
+    if summary_path.exists():
+        summary_path.unlink()
+    cmd = [
+        sys.executable,
+        str(Path(__file__).resolve()),
+        "--one",
+        f"{dataset},{model},{seed}",
+        "--runs",
+        str(runs),
+    ]
+    env = {**os.environ, "DIFFMM_SHARED_DATA": str(data_root)}
+    subprocess.run(cmd, check=True, env=env)
+    summary = json.loads(summary_path.read_text())
+    summary["run_dir"] = str(run_dir)
+    summary["seed"] = seed
+    summary["overrides"] = overrides_for(model, dataset, seed)
+    return summary
+
+
+# ---------------------------------------------------------------------------- reports
+def aggregate(summaries: list[dict]) -> dict[str, Any]:
+    """Mean (and std over seeds) of the reported figures of one (dataset, model)."""
+
+    def pick(s: dict) -> dict[str, float]:
+        row = {f"test_{m}": s["test"][m] for m in TEST_METRICS}
+        row["valid_recall@20"] = s["valid"].get("recall@20", float("nan"))
+        row["valid_ndcg@20"] = s["valid"].get("ndcg@20", float("nan"))
+        row["best_epoch"] = s["best_epoch"]
+        row["epochs_run"] = s["epochs_run"]
+        row["seconds_per_epoch"] = s["seconds_per_epoch"]
+        row["seconds_total"] = s["seconds_total"]
+        row["peak_rss_mb"] = s["peak_rss_mb"]
+        return row
+
+    rows = [pick(s) for s in summaries]
+    out: dict[str, Any] = {}
+    for key in rows[0]:
+        values = [r[key] for r in rows]
+        out[key] = statistics.fmean(values)
+        if len(values) > 1:
+            out[f"{key}_std"] = statistics.stdev(values)
+    return out
+
+
+def fmt(agg: dict[str, Any], key: str, digits: int = 4) -> str:
+    text = f"{agg[key]:.{digits}f}"
+    if f"{key}_std" in agg:
+        text += f" ± {agg[f'{key}_std']:.{digits}f}"
+    return text
+
+
+def write_reports(
+    results: dict[tuple[str, str], list[dict]], meta: dict[str, Any], out: Path
+) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    flat: dict[str, Any] = {}
+    lines = [
+        "# Baselines: MF-BPR and LightGCN on Baby and TikTok",
+        "",
+        "Protocol: all-rank evaluation (training items masked; validation items also masked "
+        "for test). The epoch is selected on **validation Recall@20** with early stopping; "
+        "the test split is scored **once**, at the selected epoch. "
+        f"Seeds: {', '.join(str(s) for s in meta['seeds'])}"
+        + (" (mean ± std over seeds)." if len(meta["seeds"]) > 1 else "."),
+        "",
+        "| dataset | model | test R@10 | test R@20 | test N@10 | test N@20 | test P@20 "
+        "| valid R@20 | epoch chosen | epochs run | median s/epoch | peak RSS (MiB) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for (dataset, model), summaries in results.items():
+        agg = aggregate(summaries)
+        for key, value in agg.items():
+            flat[f"{model}_{dataset}_{key}"] = value
+        lines.append(
+            f"| {dataset} | {MODEL_TITLES.get(model, model)} | "
+            + " | ".join(fmt(agg, f"test_{m}") for m in TEST_METRICS)
+            + f" | {fmt(agg, 'valid_recall@20')} | {fmt(agg, 'best_epoch', 0)} "
+            f"| {fmt(agg, 'epochs_run', 0)} | {fmt(agg, 'seconds_per_epoch', 2)} "
+            f"| {fmt(agg, 'peak_rss_mb', 0)} |"
+        )
+    m = meta["machine"]
+    lines += [
+        "",
+        "Seconds per epoch include the validation pass on the epochs that have one "
+        "(the median is over all epochs). Peak RSS is that of the child process of the run "
+        "(data, model, evaluation).",
+        "",
+        "Hyper-parameters (from `HPARAMS` in `benchmarks/baselines.py`, chosen on validation "
+        "Recall@20; `embedding_dim` 64):",
+        "",
+    ]
+    for dataset, model in results:
+        params = ", ".join(f"`{k}={v}`" for k, v in HPARAMS[model][dataset].items())
+        lines.append(f"- {dataset} / {MODEL_TITLES.get(model, model)}: {params}")
+    lines += [
+        "",
+        f"- command: `{meta['command']}`",
+        f"- git: `{meta['git']}`",
+        f"- machine: {m['cpu']}, {m['cores']} cores; torch {m['torch']} "
+        f"({m['torch_threads']} threads){', ' + m['cuda'] if m['cuda'] else ''}; "
+        f"Python {m['python']}",
+        f"- date: {meta['date']}",
+        f"- wall time: {meta['wall_seconds']:.0f} s",
+        "",
+    ]
+    (out / "baselines.md").write_text("\n".join(lines))
+    payload = {
+        **flat,
+        "meta": meta,
+        "hparams": {model: HPARAMS[model] for model in sorted({m for _, m in results})},
+        "runs": {f"{model}_{dataset}": s for (dataset, model), s in results.items()},
+    }
+    (out / "baselines.json").write_text(json.dumps(payload, indent=2, sort_keys=False) + "\n")
+
+
+# ---------------------------------------------------------------------------- main
+def parse_list(text: str, allowed: tuple[str, ...], what: str) -> list[str]:
+    items = [t.strip() for t in text.split(",") if t.strip()]
+    bad = [t for t in items if t not in allowed]
+    if bad or not items:
+        raise SystemExit(f"unknown {what} {bad or text!r}; choose from {', '.join(allowed)}")
+    return items
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--datasets", default=",".join(DATASETS), help="comma-separated")
+    parser.add_argument("--models", default=",".join(MODELS), help="comma-separated")
+    parser.add_argument(
+        "--seeds", type=int, default=1, help=f"number of seeds ({BASE_SEED}, {BASE_SEED}+1, ...)"
+    )
+    parser.add_argument("--out", default="benchmarks/results", help="where the reports go")
+    parser.add_argument(
+        "--runs", default="benchmarks/runs", help="run directories (git-ignored by default)"
+    )
+    parser.add_argument("--one", help=argparse.SUPPRESS)  # internal: dataset,model,seed
+    args = parser.parse_args(argv)
+
+    runs = Path(args.runs)
+    runs = runs if runs.is_absolute() else REPO / runs
+    data_root = shared_data_root()
+
+    if args.one:
+        dataset, model, seed = args.one.split(",")
+        run_one(dataset, model, int(seed), runs / f"{dataset}-{model}-seed{seed}", data_root)
+        return 0
+
+    datasets = parse_list(args.datasets, DATASETS, "dataset(s)")
+    models = parse_list(args.models, MODELS, "model(s)")
+    if args.seeds < 1:
+        raise SystemExit("--seeds must be >= 1")
+    missing = [d for d in datasets if not (data_root / d / "trnMat.pkl").is_file()]
+    if missing:
+        raise SystemExit(
+            f"benchmark data not found: {', '.join(str(data_root / d) for d in missing)} "
+            "(expected the DiffMM authors' trnMat.pkl/valMat.pkl/tstMat.pkl). Put the shared "
+            "data at <repo>/../shared/data or point DIFFMM_SHARED_DATA at its folder."
+        )
+    out = Path(args.out)
+    out = out if out.is_absolute() else REPO / out
+    seeds = [BASE_SEED + i for i in range(args.seeds)]
+
+    started = dt.datetime.now(dt.timezone.utc)
+    meta: dict[str, Any] = {
+        "command": shlex.join(
+            [os.path.relpath(sys.executable, Path.cwd()), *sys.argv]
+            if argv is None
+            else ["benchmarks/baselines.py", *argv]
+        ),
+        "git": git_revision(),
+        "machine": machine_info(),
+        "date": started.strftime("%Y-%m-%d %H:%M UTC"),
+        "seeds": seeds,
+        "data": str(data_root),
+        "protocol": "select on valid recall@20 with early stopping; test scored once",
+    }
+    results: dict[tuple[str, str], list[dict]] = {}
+    for dataset in datasets:
+        for model in models:
+            for seed in seeds:
+                print(f"== {model} on {dataset}, seed {seed}", flush=True)
+                summary = spawn_one(dataset, model, seed, runs, data_root)
+                results.setdefault((dataset, model), []).append(summary)
+                test = summary["test"]
+                print(
+                    f"   epoch {summary['best_epoch']}/{summary['epochs_run']}: test "
+                    + " ".join(f"{m} {test[m]:.4f}" for m in TEST_METRICS)
+                    + f" ({summary['seconds_per_epoch']:.2f} s/epoch)",
+                    flush=True,
+                )
+    meta["wall_seconds"] = (dt.datetime.now(dt.timezone.utc) - started).total_seconds()
+    write_reports(results, meta, out)
+    print(f"wrote {out / 'baselines.md'} and {out / 'baselines.json'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
