@@ -52,6 +52,9 @@ def main() -> None:
       diffmm train --model diffmm --data ../shared/data/tiktok --preset tiktok
       diffmm config --model diffmm --preset tiktok  # every setting, its default and meaning
     """
+    from diffmm.utils import keep_freed_memory_for_reuse
+
+    keep_freed_memory_for_reuse()
 
 
 def _default_run_dir(model: str, data_name: str) -> Path:

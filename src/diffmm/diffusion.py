@@ -156,12 +156,9 @@ class GaussianDiffusion(nn.Module):
 
     def q_sample(self, x0: Tensor, t: Tensor, noise: Tensor | None = None) -> Tensor:
         """Draw ``x_t ~ q(x_t | x0)`` (eq. 2)."""
-        if noise is None:
-            noise = torch.randn_like(x0)
-        return (
-            self._at(self.sqrt_alphas_cumprod, t, x0) * x0
-            + self._at(self.sqrt_one_minus_alphas_cumprod, t, x0) * noise
-        )
+        noise = torch.randn_like(x0) if noise is None else noise.clone()
+        noise.mul_(self._at(self.sqrt_one_minus_alphas_cumprod, t, x0))  # in place: one buffer
+        return noise.addcmul_(self._at(self.sqrt_alphas_cumprod, t, x0), x0)
 
     def posterior_mean(self, x0_hat: Tensor, x_t: Tensor, t: Tensor) -> Tensor:
         """``μθ(x_t, t)``: the posterior mean with ``x̂0`` for ``x0`` (eq. 10)."""
@@ -183,7 +180,7 @@ class GaussianDiffusion(nn.Module):
         """
         t = torch.randint(0, self.steps, (x0.shape[0],), device=x0.device)
         x0_hat = denoiser(self.q_sample(x0, t), t)
-        mse = (x0_hat - x0).pow(2).mean(dim=1)
+        mse = F.mse_loss(x0_hat, x0, reduction="none").mean(dim=1)
         if weighting == "snr":
             mse = self.elbo_weight[t].to(mse.dtype) * mse
         return mse, x0_hat

