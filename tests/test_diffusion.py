@@ -126,3 +126,14 @@ def test_sampling_is_deterministic_without_noise_steps():
     torch.testing.assert_close(d.sample(net, x0, 0), x)
     with pytest.raises(ValueError):
         d.sample(net, x0, 6)
+
+
+def test_sampling_from_a_sparse_batch_equals_the_dense_one():
+    torch.manual_seed(0)
+    d = GaussianDiffusion()
+    net = Denoiser(30, [16]).eval()
+    x0 = (torch.rand(5, 30) < 0.3).float()
+    torch.testing.assert_close(d.sample(net, x0.to_sparse_csr(), 0), d.sample(net, x0, 0))
+    torch.testing.assert_close(d.sample(net, x0.to_sparse_csr(), 2).shape, x0.shape)
+    with pytest.raises(ValueError, match="inference"):
+        net.train()(x0.to_sparse_csr(), torch.zeros(5, dtype=torch.long))

@@ -94,13 +94,17 @@ class Denoiser(nn.Module):
 
     def forward(self, x_t: Tensor, t: Tensor) -> Tensor:
         emb = self.step_layer(timestep_embedding(t, self.step_embedding_dim))
-        x = F.dropout(x_t, self.input_dropout, self.training)
         # first(cat([x, emb])) computed as two products: no copy of x, and no gradient
         # with respect to x (a full-size product) when only the embedding needs one.
-        first, n_items = self.layers[0], x.shape[1]
-        h = F.linear(x, first.weight[:, :n_items]) + F.linear(
-            emb.to(x.dtype), first.weight[:, n_items:], first.bias
-        )
+        first, n_items = self.layers[0], x_t.shape[1]
+        w_x, w_emb = first.weight[:, :n_items], first.weight[:, n_items:]
+        if x_t.layout == torch.sparse_csr:  # a clean binary row at inference: sparse product
+            if self.training:
+                raise ValueError("sparse input is for inference (eval mode) only")
+            h_x = torch.sparse.mm(x_t, w_x.T.contiguous())
+        else:
+            h_x = F.linear(F.dropout(x_t, self.input_dropout, self.training), w_x)
+        h = h_x + F.linear(emb.to(h_x.dtype), w_emb, first.bias)
         h = torch.tanh(h)
         for layer in self.layers[1:-1]:
             h = torch.tanh(layer(h))
@@ -190,15 +194,20 @@ class GaussianDiffusion(nn.Module):
         """Noise ``x0`` for ``noise_steps`` steps, then denoise through all T steps.
 
         Deterministic given the noise (no variance is added on the way back), as in the
-        authors' code; with ``noise_steps = 0`` the result depends on ``x0`` only.
+        authors' code; with ``noise_steps = 0`` the result depends on ``x0`` only, and
+        ``x0`` may be a sparse CSR batch (the first step then uses a sparse product).
         """
         if not 0 <= noise_steps <= self.steps:
             raise ValueError(f"noise_steps must be in [0, {self.steps}]")
         b = x0.shape[0]
         x_t = x0
         if noise_steps > 0:
-            x_t = self.q_sample(x0, torch.full((b,), noise_steps - 1, device=x0.device))
+            x_dense = x0.to_dense() if x0.layout == torch.sparse_csr else x0
+            x_t = self.q_sample(x_dense, torch.full((b,), noise_steps - 1, device=x0.device))
         for step in reversed(range(self.steps)):
             t = torch.full((b,), step, device=x0.device, dtype=torch.long)
-            x_t = self.posterior_mean(denoiser(x_t, t), x_t, t)
+            x0_hat = denoiser(x_t, t)
+            if x_t.layout == torch.sparse_csr:
+                x_t = x_t.to_dense()
+            x_t = self.posterior_mean(x0_hat, x_t, t)
         return x_t

@@ -209,18 +209,25 @@ class DiffMM(Recommender):
         """``Trans(F_m)`` for every modality (eq. 15), before normalisation."""
         return [trans(self._features(i)) for i, trans in enumerate(self.trans)]
 
+    def _sparse_rows(self, users: Tensor) -> Tensor:
+        """Training rows of ``users`` as a sparse CSR ``(len(users), n_items)`` batch."""
+        start, counts = (
+            self.train_indptr[users],
+            self.train_indptr[users + 1] - self.train_indptr[users],
+        )
+        crow = torch.zeros(len(users) + 1, dtype=torch.long, device=users.device)
+        crow[1:] = torch.cumsum(counts, 0)
+        # position of each entry: its row's start in train_indices + its rank in the row
+        rank = torch.arange(int(crow[-1]), device=users.device) - crow[:-1].repeat_interleave(
+            counts
+        )
+        cols = self.train_indices[start.repeat_interleave(counts) + rank]
+        values = torch.ones(len(cols), device=users.device)
+        return csr_tensor(crow, cols, values, (len(users), self.n_items))
+
     def _dense_rows(self, users: Tensor) -> Tensor:
         """Dense training rows of ``users``: ``(len(users), n_items)`` float32."""
-        start, end = self.train_indptr[users], self.train_indptr[users + 1]
-        counts = end - start
-        rows = torch.repeat_interleave(torch.arange(len(users), device=users.device), counts)
-        offsets = torch.arange(int(counts.sum()), device=users.device) - torch.repeat_interleave(
-            torch.cumsum(counts, 0) - counts, counts
-        )
-        cols = self.train_indices[torch.repeat_interleave(start, counts) + offsets]
-        x0 = torch.zeros(len(users), self.n_items, device=users.device)
-        x0[rows, cols] = 1.0
-        return x0
+        return self._sparse_rows(users).to_dense()
 
     # ----------------------------------------------------------------- diffusion (§2.2)
     def begin_epoch(self, epoch: int) -> dict[str, float]:
@@ -270,8 +277,9 @@ class DiffMM(Recommender):
         """Top-``rebuild_k`` items of the denoised rows of ``users`` (§2.2.3)."""
         denoiser = self.denoisers[modality]
         denoiser.eval()
-        x0 = self._dense_rows(users)
-        x_hat = self.diffusion.sample(denoiser, x0, self.config.sampling_steps)
+        x_hat = self.diffusion.sample(
+            denoiser, self._sparse_rows(users), self.config.sampling_steps
+        )
         return torch.topk(x_hat, self.config.rebuild_k, dim=1).indices
 
     @torch.no_grad()
