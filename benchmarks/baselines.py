@@ -5,9 +5,8 @@ Run from the repository root::
     .venv/bin/python benchmarks/baselines.py [--datasets baby,tiktok] [--models mf,lightgcn]
         [--seeds 1] [--out benchmarks/results]
 
-Every (dataset, model, seed) is trained through the project's own API
-(:func:`diffmm.config.resolve_config`, :func:`diffmm.data.load_dataset`,
-:func:`diffmm.train.train`) under the honest protocol: the epoch is selected on
+Every (dataset, model, seed) is trained by the ``diffmm train`` command, in a child
+process of its own, under the honest protocol: the epoch is selected on
 validation Recall@20 with early stopping and the test split is scored once, at that
 epoch. Each run is a separate child process, so its timing and peak RSS are its own;
 its run directory (``log.jsonl``, ``best.pt``, ``summary.json``, ``config.json``) goes to
@@ -27,15 +26,21 @@ import argparse
 import datetime as dt
 import json
 import os
-import platform
 import shlex
 import statistics
-import subprocess
 import sys
 from pathlib import Path
 from typing import Any
 
-REPO = Path(__file__).resolve().parents[1]
+from common import (
+    REPO,
+    git_revision,
+    machine_info,
+    run_training,
+    shared_data_root,
+    train_command,
+)
+
 DATASETS = ("baby", "tiktok")
 MODELS = ("mf", "lightgcn")
 BASE_SEED = 421  # TrainConfig's default seed; seed i of --seeds N is BASE_SEED + i
@@ -92,103 +97,27 @@ MODEL_TITLES = {"mf": "MF-BPR", "lightgcn": "LightGCN"}
 
 
 # ---------------------------------------------------------------------------- helpers
-def shared_data_root() -> Path:
-    """``$DIFFMM_SHARED_DATA`` or ``<repo>/../shared/data``."""
-    env = os.environ.get("DIFFMM_SHARED_DATA")
-    return Path(env).expanduser().resolve() if env else (REPO.parent / "shared" / "data").resolve()
-
-
 def overrides_for(model: str, dataset: str, seed: int) -> list[str]:
     """The ``key=value`` overrides of one run."""
     params = HPARAMS[model][dataset]
     return [*COMMON, *(f"{k}={json.dumps(v)}" for k, v in params.items()), f"train.seed={seed}"]
 
 
-def git_revision() -> str:
-    """``git rev-parse HEAD``, plus ``-dirty`` when the working tree has any change."""
-
-    def git(*args: str) -> str:
-        return subprocess.run(
-            ["git", *args], cwd=REPO, capture_output=True, text=True, check=True
-        ).stdout.strip()
-
-    try:
-        rev = git("rev-parse", "HEAD")
-        dirty = bool(git("status", "--porcelain"))
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-    return rev + ("-dirty" if dirty else "")
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.lower().startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine() or "unknown"
-
-
-def machine_info() -> dict[str, Any]:
-    import torch
-
-    return {
-        "cpu": cpu_model(),
-        "cores": os.cpu_count(),
-        "torch": torch.__version__,
-        "torch_threads": torch.get_num_threads(),
-        "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
-        "python": platform.python_version(),
-        "platform": platform.platform(),
-    }
-
-
 # ---------------------------------------------------------------------------- one run
-def run_one(dataset: str, model: str, seed: int, run_dir: Path, data_root: Path) -> None:
-    """Train one (dataset, model, seed) in this process; the summary lands in run_dir."""
-    from diffmm.config import resolve_config
-    from diffmm.data import load_dataset
-    from diffmm.train import train
-
-    config = resolve_config(model=model, overrides=overrides_for(model, dataset, seed))
-    data = load_dataset(str(data_root / dataset))
-    log_file = (run_dir / "train.log").open("w")
-
-    def log(line: str) -> None:
-        log_file.write(line + "\n")
-        log_file.flush()
-        if "*" in line or "early stop" in line or "selected" in line:
-            print(f"  [{model}/{dataset}/seed {seed}] {line}", flush=True)
-
-    try:
-        train(config, data, run_dir=run_dir, log=log)
-    finally:
-        log_file.close()
-
-
 def spawn_one(dataset: str, model: str, seed: int, runs: Path, data_root: Path) -> dict:
-    """Run one training in a child process (own timing and peak RSS); its summary."""
+    """Run one ``diffmm train`` in a child process (own timing and peak RSS); its summary."""
     run_dir = runs / f"{dataset}-{model}-seed{seed}"
-    run_dir.mkdir(parents=True, exist_ok=True)
-    summary_path = run_dir / "summary.json"
-    if summary_path.exists():
-        summary_path.unlink()
-    cmd = [
-        sys.executable,
-        str(Path(__file__).resolve()),
-        "--one",
-        f"{dataset},{model},{seed}",
-        "--runs",
-        str(runs),
-    ]
-    env = {**os.environ, "DIFFMM_SHARED_DATA": str(data_root)}
-    subprocess.run(cmd, check=True, env=env)
-    summary = json.loads(summary_path.read_text())
-    summary["run_dir"] = str(run_dir)
-    summary["seed"] = seed
-    summary["overrides"] = overrides_for(model, dataset, seed)
-    return summary
+    overrides = overrides_for(model, dataset, seed)
+    result = run_training(
+        train_command(model, data_root / dataset, run_dir, None, overrides), run_dir
+    )
+    return {
+        **result["summary"],
+        "run_dir": str(run_dir),
+        "seed": seed,
+        "overrides": overrides,
+        "command": result["command"],
+    }
 
 
 # ---------------------------------------------------------------------------- reports
@@ -307,17 +236,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--runs", default="benchmarks/runs", help="run directories (git-ignored by default)"
     )
-    parser.add_argument("--one", help=argparse.SUPPRESS)  # internal: dataset,model,seed
     args = parser.parse_args(argv)
 
     runs = Path(args.runs)
     runs = runs if runs.is_absolute() else REPO / runs
     data_root = shared_data_root()
-
-    if args.one:
-        dataset, model, seed = args.one.split(",")
-        run_one(dataset, model, int(seed), runs / f"{dataset}-{model}-seed{seed}", data_root)
-        return 0
 
     datasets = parse_list(args.datasets, DATASETS, "dataset(s)")
     models = parse_list(args.models, MODELS, "model(s)")
