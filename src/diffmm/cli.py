@@ -106,7 +106,9 @@ def train(
     dataset = load_dataset(data, split=split, seed=run_config.train.seed)
     run_dir = out or _default_run_dir(run_config.model, dataset.name)
     click.echo(f"training {run_config.model} on {dataset.name} -> {run_dir}", err=True)
-    summary = run_training(run_config, dataset, run_dir)
+    summary = run_training(
+        run_config, dataset, run_dir, log=lambda line: click.echo(line, err=True)
+    )
     click.echo(json.dumps(summary, indent=2, default=float))
 
 
