@@ -26,7 +26,7 @@ from diffmm.utils import resolve_device, seed_everything
 #: Settings of the demo's runs: short, so the whole demo takes about a minute on 2 cores.
 DEMO_RUNS: dict[str, list[str]] = {
     "lightgcn": ["train.epochs=60", "train.lr=0.005", "train.patience=5"],
-    "diffmm": ["train.epochs=25", "train.batch_size=1024", "train.patience=5", "cl_anchor=main"],
+    "diffmm": ["train.epochs=20", "train.patience=5", "cl_anchor=main"],
 }
 METRICS = ("recall@10", "recall@20", "ndcg@10", "ndcg@20", "precision@20")
 

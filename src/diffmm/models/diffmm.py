@@ -44,6 +44,7 @@ from diffmm.graph import (
     transpose_csr,
 )
 from diffmm.models.base import Batch, ModelConfig, Recommender
+from diffmm.models.mf import bpr_loss
 
 
 class DiffMMConfig(ModelConfig):
@@ -373,7 +374,7 @@ class DiffMM(Recommender):
         pos = (u * items[batch.pos_items]).sum(-1)
         neg = (u * items[batch.neg_items]).sum(-1)
         losses = {
-            "bpr": -F.logsigmoid(pos - neg).mean(),
+            "bpr": bpr_loss(pos, neg),
             "l2": cfg.l2_weight * (self.user_emb.square().sum() + self.item_emb.square().sum()),
         }
         if cfg.cl_weight > 0:
