@@ -65,14 +65,15 @@ def phase_medians(log: list[dict[str, Any]]) -> dict[str, float]:
     return out
 
 
-def record_of(result: dict[str, Any], variant: str, seed: int) -> dict[str, Any]:
+def record_of(result: dict[str, Any], variant: str, seed: int, revision: str) -> dict[str, Any]:
+    """What the reports need of one run; ``revision`` is the code's, taken at launch."""
     summary, log = result["summary"], result["log"]
     test_curve = [r["test_parity"]["recall@20"] for r in log if "test_parity" in r]
     return {
         "variant": variant,
         "seed": seed,
         "command": result["command"],
-        "revision": git_revision(),
+        "revision": revision,
         "machine": machine_info(),
         "best_epoch": summary["best_epoch"],
         "epochs_run": summary["epochs_run"],
@@ -229,7 +230,9 @@ def main() -> None:
         run_dir = RUNS / f"diffmm-tiktok-{slug}-seed{seed}"
         cmd = train_command("diffmm", data, run_dir, "tiktok", sets)
         print(f"running {variant}, seed {seed}: {' '.join(cmd)}", flush=True)
-        records[f"{variant}/seed{seed}"] = record_of(run_training(cmd, run_dir), variant, seed)
+        revision = git_revision()  # the code the run starts with
+        result = run_training(cmd, run_dir)
+        records[f"{variant}/seed{seed}"] = record_of(result, variant, seed, revision)
         write_atomic(STATE, json.dumps(records, indent=2) + "\n")
         write_reports(records)
     if records:
