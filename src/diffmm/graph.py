@@ -217,8 +217,3 @@ def edge_dropout(adj: Tensor, keep_rate: float, generator: torch.Generator | Non
             idx, new_values, size=adj.shape, is_coalesced=True, check_invariants=False
         )
     raise ValueError(f"unsupported layout {adj.layout}")
-
-
-def sparse_to_dense_rows(mat: sp.csr_matrix, rows: np.ndarray) -> np.ndarray:
-    """Dense float32 copy of the given CSR rows (a ``(len(rows), n_cols)`` array)."""
-    return np.asarray(mat[rows].toarray(), dtype=np.float32)
