@@ -7,6 +7,7 @@ import json
 import os
 import platform
 import shlex
+import shutil
 import statistics
 import subprocess
 import sys
@@ -91,9 +92,8 @@ def run_training(cmd: list[str], run_dir: Path) -> dict[str, Any]:
 
     A child process gives each run its own peak RSS and a clean timing.
     """
-    run_dir.mkdir(parents=True, exist_ok=True)
-    for name in ("summary.json", "log.jsonl"):
-        (run_dir / name).unlink(missing_ok=True)
+    shutil.rmtree(run_dir, ignore_errors=True)  # the benchmark's own run: start afresh
+    run_dir.mkdir(parents=True)
     exe = Path(sys.executable).with_name("diffmm")
     with (run_dir / "stdout.txt").open("w") as out:
         subprocess.run(

@@ -63,7 +63,7 @@ def _default_run_dir(model: str, data_name: str) -> Path:
 
 @main.command()
 @click.option("--model", "model", default=None, help="Model name: mf, lightgcn or diffmm.")
-@click.option("--data", "data", required=True, help=DATA_HELP)
+@click.option("--data", "data", default=None, help=DATA_HELP)
 @click.option("--preset", default=None, help="Named settings, e.g. tiktok, baby, sports (DiffMM).")
 @click.option(
     "--config",
@@ -87,29 +87,92 @@ def _default_run_dir(model: str, data_name: str) -> Path:
     help="Run directory for config, log and checkpoints [default: runs/<model>-<data>-<time>].",
 )
 @click.option("--split", default="random", help="How to split unsplit tables: random or loo.")
+@click.option(
+    "--resume",
+    "resume",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Continue the interrupted run in this directory from its last checkpoint "
+    "(its configuration and data are read from there).",
+)
 @_user_errors
 def train(
     model: str | None,
-    data: str,
+    data: str | None,
     preset: str | None,
     config_file: Path | None,
     overrides: tuple[str, ...],
     out: Path | None,
     split: str,
+    resume: Path | None,
 ) -> None:
     """Train a model with validation-based selection; test is scored once at the end."""
+    from diffmm.checkpoint import DataRef
     from diffmm.config import resolve_config
-    from diffmm.data import load_dataset
+    from diffmm.errors import ConfigError
     from diffmm.train import train as run_training
 
-    run_config = resolve_config(model, preset, config_file, overrides)
-    dataset = load_dataset(data, split=split, seed=run_config.train.seed)
-    run_dir = out or _default_run_dir(run_config.model, dataset.name)
+    if resume is not None:
+        run_config, dataset, data_ref = _resume_inputs(
+            resume, model, data, preset, config_file, overrides, out
+        )
+        run_dir = resume
+    else:
+        if data is None:
+            raise ConfigError("--data is required (or --resume RUN_DIR to continue a run)")
+        run_config = resolve_config(model, preset, config_file, overrides)
+        data_ref = DataRef.of(data, split, run_config.train.seed)
+        dataset = data_ref.load()
+        run_dir = out or _default_run_dir(run_config.model, dataset.name)
     click.echo(f"training {run_config.model} on {dataset.name} -> {run_dir}", err=True)
-    summary = run_training(
-        run_config, dataset, run_dir, log=lambda line: click.echo(line, err=True)
-    )
+    try:
+        summary = run_training(
+            run_config,
+            dataset,
+            run_dir,
+            log=lambda line: click.echo(line, err=True),
+            data_ref=data_ref,
+            resume=resume is not None,
+        )
+    except KeyboardInterrupt:
+        click.echo(f"\ninterrupted; continue with `diffmm train --resume {run_dir}`", err=True)
+        sys.exit(130)
     click.echo(json.dumps(summary, indent=2, default=float))
+
+
+def _resume_inputs(
+    run_dir: Path,
+    model: str | None,
+    data: str | None,
+    preset: str | None,
+    config_file: Path | None,
+    overrides: tuple[str, ...],
+    out: Path | None,
+) -> tuple[Any, Any, Any]:
+    """The stored configuration and data of a run; options given again must agree."""
+    from diffmm.checkpoint import DataRef, read_config, read_data_ref
+    from diffmm.config import resolve_config
+    from diffmm.errors import ConfigError
+
+    if out is not None and out.resolve() != run_dir.resolve():
+        raise ConfigError(f"--out {out} and --resume {run_dir} name different runs; drop --out")
+    stored = read_config(run_dir)
+    if model or preset or config_file or overrides:
+        given = resolve_config(model or stored.model, preset, config_file, overrides).to_dict()
+        if given != stored.to_dict():
+            raise ConfigError(
+                f"the settings given differ from those of the run in {run_dir}; a run "
+                "continues with its own configuration: drop --model/--preset/--config/--set "
+                "or start a new run with another --out"
+            )
+    data_ref = read_data_ref(run_dir)
+    if data is not None:
+        seed = data_ref.seed if data_ref else stored.train.seed
+        split = data_ref.split if data_ref else "random"
+        data_ref = DataRef.of(data, split, seed)
+    elif data_ref is None:
+        raise ConfigError(f"{run_dir} does not say where its data are; pass --data")
+    return stored, data_ref.load(), data_ref
 
 
 @main.command("config")
@@ -151,6 +214,84 @@ def data_stats(path: str, split: str, seed: int) -> None:
     from diffmm.data import dataset_stats, format_stats, load_dataset
 
     click.echo(format_stats(dataset_stats(load_dataset(path, split=split, seed=seed))))
+
+
+RUN_DIR = click.Path(exists=True, file_okay=False, path_type=Path)
+MOVED_DATA_HELP = "Where the run's data are now, if they moved since training."
+
+
+@main.command()
+@click.argument("run_dir", type=RUN_DIR)
+@click.option("--user", "users", multiple=True, required=True, help="Raw user id (repeatable).")
+@click.option("-k", "k", default=20, show_default=True, help="Items per user.")
+@click.option(
+    "--include-seen", is_flag=True, help="Also recommend items the user already interacted with."
+)
+@click.option("--scores", is_flag=True, help="Print each item's score too.")
+@click.option("--data", default=None, help=MOVED_DATA_HELP)
+@_user_errors
+def recommend(
+    run_dir: Path,
+    users: tuple[str, ...],
+    k: int,
+    include_seen: bool,
+    scores: bool,
+    data: str | None,
+) -> None:
+    """Print the top-K items (raw ids, best first) for users of a trained run."""
+    from diffmm.inference import load
+
+    rec = load(run_dir, data=data)
+    results = rec.recommend_scored(list(users), k, exclude_seen=not include_seen)
+    for user, (items, item_scores) in zip(users, results, strict=True):
+        if scores:
+            picks = " ".join(f"{i}:{s:.4f}" for i, s in zip(items, item_scores, strict=True))
+        else:
+            picks = " ".join(str(i) for i in items)
+        click.echo(f"{user}\t{picks}")
+
+
+@main.command()
+@click.argument("run_dir", type=RUN_DIR)
+@click.option(
+    "--out",
+    "out",
+    required=True,
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Output file: .csv, .tsv or .parquet (columns user, rank, item, score).",
+)
+@click.option("-k", "k", default=20, show_default=True, help="Items per user.")
+@click.option("--batch-size", default=1024, show_default=True, help="Users scored at a time.")
+@click.option("--include-seen", is_flag=True, help="Also recommend items already interacted with.")
+@click.option("--data", default=None, help=MOVED_DATA_HELP)
+@_user_errors
+def export(
+    run_dir: Path, out: Path, k: int, batch_size: int, include_seen: bool, data: str | None
+) -> None:
+    """Write the top-K items of every user to a CSV or Parquet file."""
+    from diffmm.export import export_top_k
+    from diffmm.inference import load
+
+    rec = load(run_dir, data=data)
+    rows = export_top_k(rec, out, k=k, batch_size=batch_size, exclude_seen=not include_seen)
+    click.echo(f"wrote {rows} rows ({rec.n_users} users, top {k}) to {out}", err=True)
+
+
+@main.command()
+@click.argument("run_dir", type=RUN_DIR)
+@click.option("--host", default="127.0.0.1", show_default=True, help="Interface to listen on.")
+@click.option("--port", default=8000, show_default=True, type=click.IntRange(0, 65535))
+@click.option("--data", default=None, help=MOVED_DATA_HELP)
+@click.option("--device", default="auto", show_default=True, help="auto, cpu or cuda[:i].")
+@click.option("--access-log", is_flag=True, help="Log every request.")
+@_user_errors
+def serve(
+    run_dir: Path, host: str, port: int, data: str | None, device: str, access_log: bool
+) -> None:
+    """Serve a trained run over HTTP (FastAPI): /health, /metadata, /users/{id}/recommendations."""
+    from diffmm.serve import serve as run_server
+
+    run_server(run_dir, host=host, port=port, data=data, device=device, access_log=access_log)
 
 
 @main.command()

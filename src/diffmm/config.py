@@ -179,7 +179,7 @@ def apply_override(raw: dict[str, Any], model: str, assignment: str) -> None:
             raise ConfigError(
                 f"unknown setting {name!r} for model {model!r}."
                 + _suggest(name, train_fields + model_fields)
-                + " See `diffmm train --help-config`."
+                + f" `diffmm config --model {model}` lists them all."
             )
     if section not in ("train", model):
         raise ConfigError(f"unknown section {section!r} in {key!r}; use 'train' or {model!r}")
@@ -251,3 +251,21 @@ def resolve_config(
             raise ConfigError(_format_validation_error(err, where or "defaults", section)) from None
     train, params = sections["train"], sections[model]
     return RunConfig(model=model, preset=preset, train=train, params=params)
+
+
+def run_config_from_dict(raw: dict[str, Any]) -> RunConfig:
+    """Validate a configuration in the layout of :meth:`RunConfig.to_dict`."""
+    if not isinstance(raw, dict) or raw.get("model") not in model_names():
+        raise ConfigError(
+            f"not a run configuration: 'model' must be one of {', '.join(model_names())}"
+        )
+    model = raw["model"]
+    sections = {}
+    for section, cls in (("train", TrainConfig), (model, get_model_class(model).Config)):
+        try:
+            sections[section] = cls(**raw.get(section, {}))
+        except ValidationError as err:
+            raise ConfigError(_format_validation_error(err, "run configuration", section)) from None
+    return RunConfig(
+        model=model, preset=raw.get("preset"), train=sections["train"], params=sections[model]
+    )

@@ -15,6 +15,7 @@ from pathlib import Path
 import click
 import torch
 
+from diffmm.checkpoint import DataRef, write_metadata
 from diffmm.config import resolve_config
 from diffmm.data import make_synthetic
 from diffmm.data.dataset import Dataset
@@ -41,6 +42,8 @@ def _train(name: str, dataset: Dataset, out: Path, epochs: int | None) -> tuple[
     seed_everything(config.train.seed)
     device = resolve_device(config.train.device)
     model = get_model_class(name)(config.params, dataset).to(device)
+    # The runs are complete run directories: `diffmm recommend runs/demo/diffmm` works.
+    write_metadata(out / name, config, dataset, DataRef("synthetic", "random", config.train.seed))
     start = time.perf_counter()
     summary = Trainer(model, dataset, config.train, out / name, log=lambda _: None).fit()
     summary["seconds"] = time.perf_counter() - start
@@ -82,4 +85,5 @@ def run_demo(out: Path, epochs: int | None = None, n_users_shown: int = 3) -> di
         raw = dataset.user_ids[u] if dataset.user_ids is not None else u
         click.echo(f"  user {raw}: {picks}")
     click.echo(f"\nrun directories: {out}/lightgcn, {out}/diffmm")
+    click.echo(f"next: diffmm recommend {out}/diffmm --user 0 -k 10")
     return summaries

@@ -18,3 +18,7 @@ class DataError(DiffMMError):
 
 class ConfigError(DiffMMError):
     """A configuration key or value is unknown or invalid."""
+
+
+class UnknownIdError(DataError):
+    """A user or item id that the data (or a trained model) does not know."""

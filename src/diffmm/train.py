@@ -14,18 +14,21 @@ scored at every validation and reported as ``test_parity/...`` and ``best_on_tes
 (the authors' protocol, for comparison with published numbers only; never used to
 select anything).
 
-Epochs are numbered from 1. A run directory, when given, receives ``log.jsonl`` (one
-JSON object per epoch), ``best.pt`` (the best state so far: ``{"epoch", "metric",
-"value", "model": state_dict}``) and ``summary.json``; every
-file is written atomically.
+Epochs are numbered from 1. A run directory, when given, receives the files described
+in :mod:`diffmm.checkpoint`: after every epoch ``last.pt`` (the full training state),
+``best.pt`` when validation improved, and a line of ``log.jsonl``; ``summary.json`` at
+the end. Every file is written atomically, and ``train(..., resume=True)`` continues an
+interrupted run from ``last.pt`` with the same result as an uninterrupted one.
 """
 
 from __future__ import annotations
 
 import copy
+import json
 import statistics
 import time
 from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -33,15 +36,25 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from diffmm import checkpoint as ckpt
+from diffmm.checkpoint import (
+    DataRef,
+    capture_rng,
+    load_checkpoint,
+    restore_rng,
+    save_checkpoint,
+    write_metadata,
+)
 from diffmm.config import RunConfig, TrainConfig
 from diffmm.data.dataset import Dataset
+from diffmm.errors import ConfigError, DataError
 from diffmm.evaluate import evaluate
 from diffmm.models import get_model_class
 from diffmm.models.base import Batch, Recommender
 from diffmm.sampling import NegativeSampler, bpr_epoch_batches, n_bpr_batches
 from diffmm.utils import (
     atomic_append_line,
-    atomic_torch_save,
+    atomic_write_bytes,
     atomic_write_json,
     peak_rss_mb,
     resolve_device,
@@ -50,6 +63,20 @@ from diffmm.utils import (
 )
 
 PARITY_NOTE = "authors' protocol (best epoch chosen on test), for parity only; never used"
+
+
+@dataclass
+class Selection:
+    """Early-stopping state: what the run has selected so far (saved in ``last.pt``)."""
+
+    best_value: float = -float("inf")
+    best_epoch: int = 0
+    best_valid: dict[str, float] = field(default_factory=dict)
+    bad_validations: int = 0
+    stopped_early: bool = False
+    best_on_test: dict[str, dict[str, float]] = field(default_factory=dict)
+    epoch_seconds: list[float] = field(default_factory=list)
+    resumed_after: list[int] = field(default_factory=list)
 
 
 def _fmt(metrics: dict[str, float], keys: list[str]) -> str:
@@ -84,7 +111,6 @@ class Trainer:
         metric_k = int(config.metric.partition("@")[2])
         self.ks = sorted(set(config.ks) | {metric_k})
         self.device = model.device
-        self.generator = torch.Generator().manual_seed(config.seed)
 
     # ------------------------------------------------------------------ helpers
     def _sync(self) -> None:
@@ -141,13 +167,77 @@ class Trainer:
         means["loss"] = sum(means.values())
         return means
 
-    def _best_state(self) -> dict[str, Any]:
-        """What scoring needs: the model's state (not its optimisers)."""
-        return {"model": copy.deepcopy(self.model.state_dict())}
+    # ------------------------------------------------------------------ checkpoints
+    def _path(self, name: str) -> Path:
+        assert self.run_dir is not None
+        return self.run_dir / name
+
+    def _save_last(self, epoch: int, optimizer: torch.optim.Optimizer, sel: Selection) -> None:
+        """The full state after ``epoch``: what ``--resume`` needs to go on identically."""
+        save_checkpoint(
+            self._path(ckpt.LAST),
+            {
+                "epoch": epoch,
+                "model": self.model.state_dict(),
+                "model_extra": self.model.extra_state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "rng": capture_rng(self.rng),
+                "selection": asdict(sel),
+            },
+        )
+
+    def _save_best(self, epoch: int, sel: Selection, model_state: dict[str, Any]) -> None:
+        save_checkpoint(
+            self._path(ckpt.BEST),
+            {
+                "epoch": epoch,
+                "metric": self.config.metric if sel.best_epoch else None,
+                "value": sel.best_value if sel.best_epoch else None,
+                "model": model_state,
+            },
+        )
+
+    def _resume(self, optimizer: torch.optim.Optimizer) -> tuple[int, Selection]:
+        """Load ``last.pt``; returns the last finished epoch and the selection state.
+
+        Drops log lines of epochs after the checkpoint (the run died before saving
+        them), and rewrites ``best.pt`` if the run died between the two saves of an
+        improving epoch (the best state is then the checkpoint's own model).
+        """
+        state = load_checkpoint(self._path(ckpt.LAST), map_location=self.device)
+        epoch = int(state["epoch"])
+        self.model.load_state_dict(state["model"])
+        self.model.load_extra_state_dict(state["model_extra"])
+        optimizer.load_state_dict(state["optimizer"])
+        restore_rng(state["rng"], self.rng)
+        sel = Selection(**state["selection"])
+        log_path = self._path(ckpt.LOG)
+        if log_path.exists():
+            lines = [ln for ln in log_path.read_text().splitlines() if ln.strip()]
+            kept = [ln for ln in lines if json.loads(ln)["epoch"] <= epoch]
+            atomic_write_bytes(log_path, "".join(ln + "\n" for ln in kept).encode())
+        if sel.best_epoch:
+            best_path = self._path(ckpt.BEST)
+            best_epoch = load_checkpoint(best_path)["epoch"] if best_path.exists() else None
+            if best_epoch != sel.best_epoch:
+                if sel.best_epoch != epoch:
+                    raise DataError(
+                        f"{best_path}: holds epoch {best_epoch} but the run selected epoch "
+                        f"{sel.best_epoch}; the run directory was modified by hand"
+                    )
+                self._save_best(epoch, sel, state["model"])
+        del state
+        self.log(f"resuming {self.run_dir} after epoch {epoch}")
+        sel.resumed_after.append(epoch)
+        return epoch, sel
 
     # ------------------------------------------------------------------ the loop
-    def fit(self) -> dict[str, Any]:
-        """Train, select on validation, score test once; returns the summary."""
+    def fit(self, resume: bool = False) -> dict[str, Any]:
+        """Train, select on validation, score test once; returns the summary.
+
+        With ``resume`` the run continues from ``run_dir/last.pt`` (or starts afresh if
+        the run died before its first checkpoint).
+        """
         cfg, model, dataset = self.config, self.model, self.dataset
         torch.manual_seed(cfg.seed)
         self.rng = np.random.default_rng(cfg.seed)
@@ -159,24 +249,27 @@ class Trainer:
                 "warning: the dataset has no validation interactions; early stopping is "
                 "off and the last epoch is selected"
             )
+        metric = cfg.metric
+        sel = Selection()
+        done = 0
         if self.run_dir is not None:
             self.run_dir.mkdir(parents=True, exist_ok=True)
-            log_path = self.run_dir / "log.jsonl"
-            if log_path.exists():
-                log_path.unlink()
+            if resume and self._path(ckpt.LAST).exists():
+                done, sel = self._resume(optimizer)
+            else:
+                if resume:
+                    self.log(f"{self.run_dir} has no checkpoint yet; starting from epoch 1")
+                self._path(ckpt.LOG).unlink(missing_ok=True)
+        elif resume:
+            raise ValueError("resume needs a run directory")
+        # Without a run directory the best state is kept in memory instead of best.pt.
+        best_in_memory: dict[str, Any] | None = None
 
-        metric = cfg.metric
-        best_value = -float("inf")
-        best_epoch = 0
-        best_state: dict[str, Any] | None = None
-        best_valid: dict[str, float] = {}
-        bad_validations = 0
-        stopped_early = False
-        best_on_test: dict[str, dict[str, float]] = {}
-        epoch_seconds: list[float] = []
-        epoch = 0
-
-        for epoch in range(1, cfg.epochs + 1):
+        epoch = done
+        for epoch in range(done + 1, cfg.epochs + 1):
+            if sel.stopped_early:  # a resumed run that had already stopped
+                epoch -= 1
+                break
             t0 = self._now()
             model.train()
             stats = model.begin_epoch(epoch) or {}
@@ -199,18 +292,17 @@ class Trainer:
                         test = self._evaluate("test", emb)
                 del emb
                 if has_valid:
-                    if valid[metric] > best_value:
-                        best_value, best_epoch, best_valid = valid[metric], epoch, valid
-                        best_state = self._best_state()
-                        bad_validations = 0
+                    if valid[metric] > sel.best_value:
+                        sel.best_value, sel.best_epoch, sel.best_valid = valid[metric], epoch, valid
+                        sel.bad_validations = 0
                         improved = True
                     else:
-                        bad_validations += 1
+                        sel.bad_validations += 1
                 for key, value in test.items():
                     if key != "n_users" and (
-                        key not in best_on_test or value > best_on_test[key]["value"]
+                        key not in sel.best_on_test or value > sel.best_on_test[key]["value"]
                     ):
-                        best_on_test[key] = {"value": value, "epoch": epoch}
+                        sel.best_on_test[key] = {"value": value, "epoch": epoch}
             t3 = self._now()
 
             if valid:
@@ -223,40 +315,48 @@ class Trainer:
             record["seconds_train"] = t2 - t1
             record["seconds_eval"] = t3 - t2
             record["seconds"] = t3 - t0
-            epoch_seconds.append(t3 - t0)
-            if improved and self.run_dir is not None:
-                atomic_torch_save(
-                    self.run_dir / "best.pt",
-                    {"epoch": epoch, "metric": metric, "value": best_value, **best_state},
-                )
+            sel.epoch_seconds.append(t3 - t0)
+            if has_valid and sel.bad_validations >= cfg.patience:
+                sel.stopped_early = True
             if self.run_dir is not None:
-                atomic_append_line(self.run_dir / "log.jsonl", to_json(record, indent=None))
+                # last.pt first: if the run dies before best.pt is replaced, resuming
+                # finds the best state in last.pt (see _resume).
+                t4 = self._now()
+                self._save_last(epoch, optimizer, sel)
+                if improved:
+                    self._save_best(epoch, sel, model.state_dict())
+                record["seconds_checkpoint"] = self._now() - t4
+                atomic_append_line(self._path(ckpt.LOG), to_json(record, indent=None))
+            elif improved:
+                best_in_memory = copy.deepcopy(model.state_dict())
             self._log_epoch(record)
 
-            if has_valid and bad_validations >= cfg.patience:
-                stopped_early = True
+            if sel.stopped_early:
                 self.log(
                     f"early stop at epoch {epoch}: no {metric} improvement in "
-                    f"{cfg.patience} validations; best epoch {best_epoch}"
+                    f"{cfg.patience} validations; best epoch {sel.best_epoch}"
                 )
                 break
 
         epochs_run = epoch
-        if not has_valid or best_state is None:
+        best_epoch = sel.best_epoch
+        if not has_valid or not sel.best_epoch:
             best_epoch = epochs_run
             selected_by = (
                 "last epoch (no validation interactions)"
                 if not has_valid
                 else f"last epoch (valid {metric} was never finite)"
             )
+            if self.run_dir is not None:
+                self._save_best(epochs_run, sel, model.state_dict())
         else:
-            model.load_state_dict(best_state["model"])
+            if self.run_dir is not None:
+                best_state = load_checkpoint(self._path(ckpt.BEST), map_location=self.device)
+                model.load_state_dict(best_state["model"])
+                del best_state
+            elif best_in_memory is not None:
+                model.load_state_dict(best_in_memory)
             selected_by = f"best valid {metric}"
-        if best_state is None and self.run_dir is not None:
-            atomic_torch_save(
-                self.run_dir / "best.pt",
-                {"epoch": best_epoch, "metric": None, "value": None, **self._best_state()},
-            )
 
         model.eval()
         with torch.no_grad():
@@ -269,18 +369,22 @@ class Trainer:
             "best_epoch": best_epoch,
             "selection": {"metric": metric, "split": "valid" if has_valid else None},
             "selected_by": selected_by,
-            "valid": best_valid,
+            "valid": sel.best_valid,
             "test": test_metrics,
             "epochs_run": epochs_run,
-            "stopped_early": stopped_early,
-            "seconds_per_epoch": statistics.median(epoch_seconds) if epoch_seconds else 0.0,
-            "seconds_total": float(sum(epoch_seconds)),
+            "stopped_early": sel.stopped_early,
+            "seconds_per_epoch": (
+                statistics.median(sel.epoch_seconds) if sel.epoch_seconds else 0.0
+            ),
+            "seconds_total": float(sum(sel.epoch_seconds)),
             "peak_rss_mb": peak_rss_mb(),
         }
+        if sel.resumed_after:
+            summary["resumed_after_epochs"] = sel.resumed_after
         if cfg.test_every_epoch:
-            summary["best_on_test"] = {"note": PARITY_NOTE, **best_on_test}
+            summary["best_on_test"] = {"note": PARITY_NOTE, **sel.best_on_test}
         if self.run_dir is not None:
-            atomic_write_json(self.run_dir / "summary.json", summary)
+            atomic_write_json(self._path(ckpt.SUMMARY), summary)
         self.log(
             f"selected epoch {best_epoch} ({selected_by}); test "
             + _fmt(test_metrics, [f"recall@{k}" for k in self.ks] + [f"ndcg@{k}" for k in self.ks])
@@ -309,16 +413,39 @@ def train(
     dataset: Dataset,
     run_dir: Path | str | None = None,
     log: Callable[[str], None] = print,
+    *,
+    data_ref: DataRef | None = None,
+    resume: bool = False,
+    overwrite: bool = False,
 ) -> dict[str, Any]:
     """Seed, build the model on the configured device, train it; returns the summary.
 
-    Writes ``config.json`` (the resolved configuration) to ``run_dir`` when given.
+    A new run writes ``config.json``, ``dataset.json`` (``data_ref`` and the data's
+    fingerprint) and ``ids.json`` to ``run_dir``. A directory that already holds a run is
+    refused unless ``resume`` (continue it: same configuration and data required) or
+    ``overwrite`` (start over) is set.
     """
     cfg = run_config.train
     seed_everything(cfg.seed)
     device = resolve_device(cfg.device)
-    model = get_model_class(run_config.model)(run_config.params, dataset).to(device)
     if run_dir is not None:
         run_dir = Path(run_dir)
-        atomic_write_json(run_dir / "config.json", run_config.to_dict())
-    return Trainer(model, dataset, cfg, run_dir=run_dir, log=log).fit()
+        has_run = (run_dir / ckpt.LAST).exists() or (run_dir / ckpt.CONFIG).exists()
+        if resume:
+            if not (run_dir / ckpt.CONFIG).exists():
+                raise DataError(f"{run_dir}: no run to resume there (no {ckpt.CONFIG})")
+            ckpt.check_fingerprint(run_dir, dataset)
+        elif has_run and not overwrite:
+            raise ConfigError(
+                f"{run_dir} already holds a training run; continue it with "
+                f"`diffmm train --resume {run_dir}`, or pass another --out"
+            )
+        else:
+            run_dir.mkdir(parents=True, exist_ok=True)
+            for name in (ckpt.LAST, ckpt.BEST, ckpt.SUMMARY, ckpt.LOG):
+                (run_dir / name).unlink(missing_ok=True)
+            write_metadata(run_dir, run_config, dataset, data_ref)
+    elif resume:
+        raise ConfigError("resume needs the run directory of the run to continue")
+    model = get_model_class(run_config.model)(run_config.params, dataset).to(device)
+    return Trainer(model, dataset, cfg, run_dir=run_dir, log=log).fit(resume=resume)

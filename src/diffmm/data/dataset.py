@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import scipy.sparse as sp
 
-from diffmm.errors import DataError
+from diffmm.errors import DataError, UnknownIdError
 
 SPLITS = ("train", "valid", "test")
 
@@ -131,7 +131,7 @@ def _lookup(raw_ids: Any, known: np.ndarray | None, n: int, kind: str, source: s
     bad = idx < 0
     if bad.any():
         unknown = raw[bad]
-        raise DataError(
+        raise UnknownIdError(
             f"{bad.sum()} unknown {kind} id(s) in dataset {source or '(in memory)'}: "
             f"{preview(unknown)}; use ids that appear in the data"
         )

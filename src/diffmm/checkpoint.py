@@ -1,0 +1,200 @@
+"""The run directory: what a training run writes, and how it is read back.
+
+A run directory holds
+
+* ``config.json``  the resolved configuration (:meth:`RunConfig.to_dict`);
+* ``dataset.json`` how to load the data again (path, split method, split seed) and the
+  data's fingerprint (sizes and sha256 digests, :meth:`Dataset.fingerprint`);
+* ``ids.json``     the raw id of every user and item index;
+* ``log.jsonl``    one JSON object per epoch;
+* ``last.pt``      the full training state after the last finished epoch: model,
+  optimisers, random number generators, epoch, early-stopping state (for ``--resume``);
+* ``best.pt``      the model at the best validation epoch so far (for inference);
+* ``summary.json`` the selected epoch and its metrics, once training has finished.
+
+Every file is written atomically (temporary file, fsync, rename), so a crash leaves
+either the previous version of a file or the new one, never a partial one.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import pickle
+import random
+import zipfile
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from diffmm.config import RunConfig, run_config_from_dict
+from diffmm.data.dataset import Dataset
+from diffmm.errors import ConfigError, DataError
+from diffmm.utils import atomic_torch_save, atomic_write_json
+
+CONFIG = "config.json"
+DATASET = "dataset.json"
+IDS = "ids.json"
+LOG = "log.jsonl"
+LAST = "last.pt"
+BEST = "best.pt"
+SUMMARY = "summary.json"
+#: Version of the ``last.pt`` layout; a checkpoint of another version is refused.
+CHECKPOINT_FORMAT = 1
+
+
+@dataclass(frozen=True)
+class DataRef:
+    """How to load a run's data again: the ``--data`` argument and the split settings."""
+
+    path: str
+    split: str = "random"
+    seed: int = 2024
+
+    @classmethod
+    def of(cls, data: str, split: str, seed: int) -> DataRef:
+        """A reference that still works from another directory (paths made absolute)."""
+        if not data.startswith("synthetic"):
+            data = str(Path(data).expanduser().resolve())
+        return cls(data, split, seed)
+
+    def load(self) -> Dataset:
+        from diffmm.data import load_dataset
+
+        return load_dataset(self.path, split=self.split, seed=self.seed)
+
+
+# ----------------------------------------------------------------------------- metadata
+def write_metadata(
+    run_dir: Path, run_config: RunConfig, dataset: Dataset, data_ref: DataRef | None
+) -> None:
+    """Write ``config.json``, ``dataset.json`` and ``ids.json`` for a new run."""
+    atomic_write_json(run_dir / CONFIG, run_config.to_dict())
+    atomic_write_json(
+        run_dir / DATASET,
+        {"load": asdict(data_ref) if data_ref else None, "fingerprint": dataset.fingerprint()},
+    )
+    atomic_write_json(
+        run_dir / IDS,
+        {"users": _ids_list(dataset.user_ids), "items": _ids_list(dataset.item_ids)},
+        indent=None,
+    )
+
+
+def _ids_list(ids: np.ndarray | None) -> list[Any] | None:
+    return None if ids is None else np.asarray(ids).tolist()
+
+
+def read_json(path: Path) -> Any:
+    if not path.is_file():
+        raise DataError(
+            f"{path}: not found; {path.parent} is not a complete run directory (written by "
+            "`diffmm train --out DIR`)"
+        )
+    try:
+        return json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise DataError(f"{path}: not valid JSON ({exc}); the run directory is damaged") from None
+
+
+def read_config(run_dir: Path) -> RunConfig:
+    """The resolved configuration of a run."""
+    path = run_dir / CONFIG
+    try:
+        return run_config_from_dict(read_json(path))
+    except ConfigError as exc:
+        raise ConfigError(f"{path}: {exc}") from None
+
+
+def read_data_ref(run_dir: Path) -> DataRef | None:
+    """How the run's data were loaded (None if the run was given a dataset in memory)."""
+    load = read_json(run_dir / DATASET).get("load")
+    return DataRef(**load) if load else None
+
+
+def check_fingerprint(run_dir: Path, dataset: Dataset) -> None:
+    """Raise DataError if ``dataset`` is not the data the run was trained on."""
+    expected = read_json(run_dir / DATASET)["fingerprint"]
+    actual = dataset.fingerprint()
+    if expected == actual:
+        return
+    diffs = [
+        f"{key}: {expected.get(key)} in the run, {actual.get(key)} now"
+        for key in ("n_users", "n_items")
+        if expected.get(key) != actual.get(key)
+    ]
+    for name in ("train", "valid", "test"):
+        if expected["splits"].get(name) != actual["splits"].get(name):
+            diffs.append(f"the {name} split differs")
+    if expected.get("features") != actual.get("features"):
+        diffs.append("the item features differ")
+    raise DataError(
+        f"the data at {dataset.source or '(in memory)'} are not the data run {run_dir} was "
+        f"trained on ({'; '.join(diffs) or 'fingerprints differ'}); pass the original data"
+    )
+
+
+def read_ids(run_dir: Path) -> tuple[np.ndarray | None, np.ndarray | None]:
+    """Raw user and item ids of the run's indices (None: the ids are the indices)."""
+    raw = read_json(run_dir / IDS)
+    return tuple(None if v is None else np.asarray(v) for v in (raw["users"], raw["items"]))
+
+
+# ----------------------------------------------------------------------------- checkpoints
+def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
+    """Write a checkpoint atomically."""
+    atomic_torch_save(path, {"format": CHECKPOINT_FORMAT, **state})
+
+
+def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """Read a checkpoint written by :func:`save_checkpoint`; DataError if it is unusable."""
+    if not path.is_file():
+        raise DataError(f"{path}: no checkpoint there; was the run started with --out?")
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=False)
+    except (
+        RuntimeError,
+        EOFError,
+        OSError,
+        ValueError,
+        pickle.UnpicklingError,
+        zipfile.BadZipFile,
+        io.UnsupportedOperation,
+    ) as exc:
+        raise DataError(
+            f"{path}: cannot read this checkpoint ({type(exc).__name__}: {exc}); it is corrupt "
+            "or truncated, e.g. copied while being written; restore it from a copy"
+        ) from None
+    if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
+        raise DataError(
+            f"{path}: not a diffmm checkpoint of format {CHECKPOINT_FORMAT}; it was written "
+            "by another program or another version of diffmm"
+        )
+    return state
+
+
+# ----------------------------------------------------------------------------- random state
+def capture_rng(generator: np.random.Generator) -> dict[str, Any]:
+    """The state of every random number generator a run draws from."""
+    state = {
+        "python": random.getstate(),
+        "numpy_global": np.random.get_state(),  # noqa: NPY002 - saved for third-party code
+        "numpy": generator.bit_generator.state,
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def restore_rng(state: dict[str, Any], generator: np.random.Generator) -> None:
+    """Put every generator back in the state :func:`capture_rng` saw."""
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy_global"])  # noqa: NPY002
+    generator.bit_generator.state = state["numpy"]
+    torch.set_rng_state(state["torch"].cpu())
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda"]])
