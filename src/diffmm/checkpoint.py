@@ -79,13 +79,16 @@ def write_metadata(
     )
     atomic_write_json(
         run_dir / IDS,
-        {"users": _ids_list(dataset.user_ids), "items": _ids_list(dataset.item_ids)},
+        {
+            "users": _ids_list(dataset.user_ids, dataset.n_users),
+            "items": _ids_list(dataset.item_ids, dataset.n_items),
+        },
         indent=None,
     )
 
 
-def _ids_list(ids: np.ndarray | None) -> list[Any] | None:
-    return None if ids is None else np.asarray(ids).tolist()
+def _ids_list(ids: np.ndarray | None, n: int) -> list[Any]:
+    return (np.arange(n) if ids is None else np.asarray(ids)).tolist()
 
 
 def read_json(path: Path) -> Any:
@@ -119,7 +122,7 @@ def check_fingerprint(run_dir: Path, dataset: Dataset) -> None:
     """Raise DataError if ``dataset`` is not the data the run was trained on."""
     expected = read_json(run_dir / DATASET)["fingerprint"]
     actual = dataset.fingerprint()
-    if expected == actual:
+    if {**expected, "name": None} == {**actual, "name": None}:  # a renamed file is fine
         return
     diffs = [
         f"{key}: {expected.get(key)} in the run, {actual.get(key)} now"
@@ -137,10 +140,14 @@ def check_fingerprint(run_dir: Path, dataset: Dataset) -> None:
     )
 
 
-def read_ids(run_dir: Path) -> tuple[np.ndarray | None, np.ndarray | None]:
-    """Raw user and item ids of the run's indices (None: the ids are the indices)."""
-    raw = read_json(run_dir / IDS)
-    return tuple(None if v is None else np.asarray(v) for v in (raw["users"], raw["items"]))
+def read_ids(run_dir: Path) -> tuple[np.ndarray, np.ndarray]:
+    """Raw user and item ids: ``users[u]`` is the raw id of user index ``u``."""
+    path = run_dir / IDS
+    raw = read_json(path)
+    try:
+        return np.asarray(raw["users"]), np.asarray(raw["items"])
+    except (KeyError, TypeError):
+        raise DataError(f"{path}: expected {{'users': [...], 'items': [...]}}") from None
 
 
 # ----------------------------------------------------------------------------- checkpoints

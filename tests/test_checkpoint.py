@@ -1,0 +1,183 @@
+"""Run directories: what a run writes, resuming after a crash, refusing to lose a run."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import diffmm_command
+from diffmm.checkpoint import (
+    DataRef,
+    check_fingerprint,
+    load_checkpoint,
+    read_config,
+    read_data_ref,
+    read_ids,
+)
+from diffmm.config import resolve_config
+from diffmm.errors import ConfigError, DataError
+from diffmm.train import train
+
+DATA = "synthetic:n_users=160,n_items=90,interactions_per_user=10"
+
+
+def _config(model: str = "diffmm", epochs: int = 4):
+    overrides = [f"train.epochs={epochs}", "train.progress=false", "train.patience=50"]
+    if model == "diffmm":
+        overrides += ["denoiser_hidden_dims=[32]", "diffusion_batch_size=64"]
+    return resolve_config(model, overrides=overrides)
+
+
+def _train(run_dir: Path, config, *, resume: bool = False, log=lambda _: None) -> dict:
+    ref = DataRef.of(DATA, "random", config.train.seed)
+    return train(config, ref.load(), run_dir, log=log, data_ref=ref, resume=resume)
+
+
+def _log(run_dir: Path) -> list[dict]:
+    return [json.loads(line) for line in (run_dir / "log.jsonl").read_text().splitlines()]
+
+
+class Crash(Exception):
+    pass
+
+
+def _crash_after(epoch: int):
+    def log(line: str) -> None:
+        if line.startswith(f"epoch {epoch:>3}"):
+            raise Crash
+
+    return log
+
+
+def test_a_run_directory_holds_config_data_ids_log_and_checkpoints(tmp_path):
+    run = tmp_path / "run"
+    config = _config("lightgcn", epochs=2)
+    summary = _train(run, config)
+    assert read_config(run) == config
+    assert read_data_ref(run) == DataRef(DATA, "random", config.train.seed)
+    dataset = DataRef(DATA, "random", config.train.seed).load()
+    check_fingerprint(run, dataset)  # the same data pass
+    users, items = read_ids(run)
+    assert len(users) == dataset.n_users and len(items) == dataset.n_items
+    last = load_checkpoint(run / "last.pt")
+    assert last["epoch"] == 2
+    assert {"model", "optimizer", "rng", "selection", "model_extra"} <= set(last)
+    assert last["selection"]["best_epoch"] == summary["best_epoch"]
+    assert load_checkpoint(run / "best.pt")["epoch"] == summary["best_epoch"]
+    assert [r["epoch"] for r in _log(run)] == [1, 2]
+
+
+@pytest.mark.parametrize("model", ["lightgcn", "diffmm"])
+def test_a_resumed_run_ends_exactly_like_an_uninterrupted_one(tmp_path, model):
+    config = _config(model)
+    full = _train(tmp_path / "full", config)
+    with pytest.raises(Crash):
+        _train(tmp_path / "crashed", config, log=_crash_after(2))
+    assert load_checkpoint(tmp_path / "crashed" / "last.pt")["epoch"] == 2
+    assert not (tmp_path / "crashed" / "summary.json").exists()
+    torch.manual_seed(12345)  # the resumed run must not depend on the process's RNG state
+    resumed = _train(tmp_path / "crashed", config, resume=True)
+    assert resumed["test"] == full["test"]
+    assert resumed["best_epoch"] == full["best_epoch"]
+    assert resumed["resumed_after_epochs"] == [2]
+    full_log, resumed_log = _log(tmp_path / "full"), _log(tmp_path / "crashed")
+    assert [r["losses"] for r in resumed_log] == [r["losses"] for r in full_log]
+    assert [r["valid"] for r in resumed_log] == [r["valid"] for r in full_log]
+
+
+def test_resume_recovers_the_best_state_if_the_run_died_before_writing_best_pt(tmp_path):
+    run = tmp_path / "run"
+    config = _config("lightgcn", epochs=2)
+    with pytest.raises(Crash):
+        _train(run, config, log=_crash_after(1))
+    (run / "best.pt").unlink()  # as if killed between last.pt and best.pt
+    (run / "log.jsonl").unlink()  # ... and before the log line
+    _train(run, config, resume=True)
+    best = load_checkpoint(run / "best.pt")
+    assert best["epoch"] in (1, 2)
+    assert [r["epoch"] for r in _log(run)] == [2]
+
+
+def test_resume_drops_log_lines_of_epochs_the_checkpoint_does_not_have(tmp_path):
+    run = tmp_path / "run"
+    config = _config("lightgcn", epochs=3)
+    with pytest.raises(Crash):
+        _train(run, config, log=_crash_after(2))
+    lines = (run / "log.jsonl").read_text().splitlines()
+    ghost = json.loads(lines[-1]) | {"epoch": 3}
+    (run / "log.jsonl").write_text("\n".join([*lines, json.dumps(ghost)]) + "\n")
+    _train(run, config, resume=True)
+    assert [r["epoch"] for r in _log(run)] == [1, 2, 3]
+
+
+def test_a_new_run_into_an_existing_run_directory_is_refused(tmp_path):
+    run = tmp_path / "run"
+    config = _config("lightgcn", epochs=1)
+    _train(run, config)
+    before = (run / "best.pt").read_bytes()
+    with pytest.raises(ConfigError, match="--resume"):
+        _train(run, config)
+    assert (run / "best.pt").read_bytes() == before
+
+
+def test_resume_with_other_data_is_refused(tmp_path):
+    run = tmp_path / "run"
+    config = _config("lightgcn", epochs=1)
+    _train(run, config)
+    other = DataRef.of("synthetic:n_users=160,n_items=90,interactions_per_user=11", "random", 1)
+    with pytest.raises(DataError, match="not the data"):
+        train(config, other.load(), run, log=lambda _: None, data_ref=other, resume=True)
+
+
+def test_a_truncated_checkpoint_is_reported_not_loaded(tmp_path):
+    run = tmp_path / "run"
+    config = _config("lightgcn", epochs=1)
+    _train(run, config)
+    data = (run / "last.pt").read_bytes()
+    (run / "last.pt").write_bytes(data[: len(data) // 2])
+    with pytest.raises(DataError, match="last.pt: cannot read this checkpoint"):
+        _train(run, config, resume=True)
+
+
+def test_sigkill_mid_epoch_then_resume_matches_an_uninterrupted_run(tmp_path):
+    """The real thing: a `diffmm train` process killed with SIGKILL, then --resume."""
+    args = [
+        "--model", "diffmm", "--data", DATA,
+        "--set", "train.epochs=4", "--set", "train.progress=false",
+        "--set", "denoiser_hidden_dims=[64]", "--set", "diffusion_batch_size=32",
+    ]  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    full, killed = tmp_path / "full", tmp_path / "killed"
+    subprocess.run(
+        diffmm_command("train", *args, "--out", str(full)), env=env, check=True, capture_output=True
+    )
+    proc = subprocess.Popen(
+        diffmm_command("train", *args, "--out", str(killed)),
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    log = killed / "log.jsonl"
+    deadline = time.monotonic() + 120
+    while not (log.exists() and len(log.read_text().splitlines()) >= 2):
+        assert proc.poll() is None and time.monotonic() < deadline, "run ended before the kill"
+        time.sleep(0.01)
+    os.kill(proc.pid, signal.SIGKILL)  # now inside epoch 3
+    proc.wait()
+    assert not (killed / "summary.json").exists()
+    assert 2 <= load_checkpoint(killed / "last.pt")["epoch"] < 4
+    subprocess.run(
+        diffmm_command("train", "--resume", str(killed)), env=env, check=True, capture_output=True
+    )
+    a = json.loads((full / "summary.json").read_text())
+    b = json.loads((killed / "summary.json").read_text())
+    assert b["test"] == a["test"] and b["best_epoch"] == a["best_epoch"]
+    assert b["resumed_after_epochs"]
+    assert [r["losses"] for r in _log(killed)] == [r["losses"] for r in _log(full)]
