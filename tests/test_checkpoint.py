@@ -64,7 +64,7 @@ def test_a_run_directory_holds_config_data_ids_log_and_checkpoints(tmp_path):
     assert read_data_ref(run) == DataRef(DATA, "random", config.train.seed)
     dataset = DataRef(DATA, "random", config.train.seed).load()
     check_fingerprint(run, dataset)  # the same data pass
-    users, items = read_ids(run)
+    users, items = read_ids(run, dataset.n_users, dataset.n_items)
     assert len(users) == dataset.n_users and len(items) == dataset.n_items
     last = load_checkpoint(run / "last.pt")
     assert last["epoch"] == 2

@@ -140,14 +140,25 @@ def check_fingerprint(run_dir: Path, dataset: Dataset) -> None:
     )
 
 
-def read_ids(run_dir: Path) -> tuple[np.ndarray, np.ndarray]:
-    """Raw user and item ids: ``users[u]`` is the raw id of user index ``u``."""
+def read_ids(run_dir: Path, n_users: int, n_items: int) -> tuple[np.ndarray, np.ndarray]:
+    """Raw user and item ids: ``users[u]`` is the raw id of user index ``u``.
+
+    DataError unless there is exactly one id per user and per item of the run's data.
+    """
     path = run_dir / IDS
     raw = read_json(path)
-    try:
-        return np.asarray(raw["users"]), np.asarray(raw["items"])
-    except (KeyError, TypeError):
-        raise DataError(f"{path}: expected {{'users': [...], 'items': [...]}}") from None
+    out = []
+    for key, n in (("users", n_users), ("items", n_items)):
+        ids = raw.get(key) if isinstance(raw, dict) else None
+        if ids is None:  # written by an earlier version: the ids are the indices
+            ids = list(range(n))
+        if not isinstance(ids, list) or len(ids) != n:
+            raise DataError(
+                f"{path}: expected a list of {n} {key[:-1]} ids under {key!r}; the run "
+                "directory was modified or belongs to other data"
+            )
+        out.append(np.asarray(ids))
+    return out[0], out[1]
 
 
 # ----------------------------------------------------------------------------- checkpoints

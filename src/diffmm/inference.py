@@ -153,13 +153,7 @@ def load(run_dir: str | Path, data: str | None = None, device: str = "auto") -> 
     config = ckpt.read_config(run_dir)
     dataset = _run_dataset(run_dir, data, config.train.seed)
     ckpt.check_fingerprint(run_dir, dataset)
-    user_ids, item_ids = ckpt.read_ids(run_dir)
-    if (len(user_ids), len(item_ids)) != (dataset.n_users, dataset.n_items):
-        raise DataError(
-            f"{run_dir / ckpt.IDS}: holds {len(user_ids)} user and {len(item_ids)} item ids "
-            f"for data of {dataset.n_users} users and {dataset.n_items} items; the run "
-            "directory was modified"
-        )
+    user_ids, item_ids = ckpt.read_ids(run_dir, dataset.n_users, dataset.n_items)
     device_t = resolve_device(device)
     best = ckpt.load_checkpoint(run_dir / ckpt.BEST, map_location=device_t)
     model = get_model_class(config.model)(config.params, dataset).to(device_t)
