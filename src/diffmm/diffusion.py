@@ -93,22 +93,39 @@ class Denoiser(nn.Module):
             nn.init.normal_(layer.bias, 0.0, 0.001)
 
     def forward(self, x_t: Tensor, t: Tensor) -> Tensor:
-        emb = self.step_layer(timestep_embedding(t, self.step_embedding_dim))
-        # first(cat([x, emb])) computed as two products: no copy of x, and no gradient
-        # with respect to x (a full-size product) when only the embedding needs one.
-        first, n_items = self.layers[0], x_t.shape[1]
-        w_x, w_emb = first.weight[:, :n_items], first.weight[:, n_items:]
-        if x_t.layout == torch.sparse_csr:  # a clean binary row at inference: sparse product
+        return self.layers[-1](self.hidden(self.project_input(x_t), t))
+
+    def project_input(self, x_t: Tensor) -> Tensor:
+        """The first layer's product with the row, ``x_t W_x^T`` (no bias, no embedding).
+
+        ``first(cat([x, emb]))`` is computed as two products: no copy of ``x``, and no
+        gradient with respect to ``x`` (a full-size product) when only the embedding
+        needs one. A sparse CSR ``x_t`` (a clean binary row at inference) uses a sparse
+        product.
+        """
+        w_x = self.layers[0].weight[:, : x_t.shape[1]]
+        if x_t.layout == torch.sparse_csr:
             if self.training:
                 raise ValueError("sparse input is for inference (eval mode) only")
-            h_x = torch.sparse.mm(x_t, w_x.T.contiguous())
-        else:
-            h_x = F.linear(F.dropout(x_t, self.input_dropout, self.training), w_x)
-        h = h_x + F.linear(emb.to(h_x.dtype), w_emb, first.bias)
-        h = torch.tanh(h)
+            return torch.sparse.mm(x_t, w_x.T.contiguous())
+        return F.linear(F.dropout(x_t, self.input_dropout, self.training), w_x)
+
+    def hidden(self, projected: Tensor, t: Tensor) -> Tensor:
+        """The last hidden layer's output, given :meth:`project_input` of the row."""
+        first = self.layers[0]
+        w_emb = first.weight[:, first.in_features - self.step_embedding_dim :]
+        emb = timestep_embedding(t, self.step_embedding_dim).to(w_emb.dtype)
+        h = torch.tanh(projected + F.linear(self.step_layer(emb), w_emb, first.bias))
         for layer in self.layers[1:-1]:
             h = torch.tanh(layer(h))
-        return self.layers[-1](h)
+        return h
+
+    def output_to_input(self) -> tuple[Tensor, Tensor]:
+        """``(M, v)`` with ``project_input(head(h)) = h M + v``: the linear output layer
+        composed with the first layer's row product (both linear, so they compose)."""
+        first, head = self.layers[0], self.layers[-1]
+        w_x = first.weight[:, : head.out_features]
+        return (w_x @ head.weight).T, w_x @ head.bias
 
 
 class GaussianDiffusion(nn.Module):
@@ -196,6 +213,13 @@ class GaussianDiffusion(nn.Module):
         Deterministic given the noise (no variance is added on the way back), as in the
         authors' code; with ``noise_steps = 0`` the result depends on ``x0`` only, and
         ``x0`` may be a sparse CSR batch (the first step then uses a sparse product).
+
+        With a :class:`Denoiser` the steps run in its hidden space: a reverse step
+        ``x_{t-1} = c_0 x̂0 + c_t x_t`` is affine and the denoiser's output layer is
+        linear, so the next step's first-layer product ``x_{t-1} W_x^T`` equals
+        ``c_0 (h M + v) + c_t (x_t W_x^T)`` (:meth:`Denoiser.output_to_input`). Only the
+        first step multiplies a full row and only the last computes one: the same
+        result up to float rounding, for about a sixth of the work at the default sizes.
         """
         if not 0 <= noise_steps <= self.steps:
             raise ValueError(f"noise_steps must be in [0, {self.steps}]")
@@ -204,10 +228,28 @@ class GaussianDiffusion(nn.Module):
         if noise_steps > 0:
             x_dense = x0.to_dense() if x0.layout == torch.sparse_csr else x0
             x_t = self.q_sample(x_dense, torch.full((b,), noise_steps - 1, device=x0.device))
-        for step in reversed(range(self.steps)):
-            t = torch.full((b,), step, device=x0.device, dtype=torch.long)
+        steps = [torch.full((b,), s, device=x0.device, dtype=torch.long) for s in range(self.steps)]
+        if isinstance(denoiser, Denoiser):
+            return self._sample_in_hidden_space(denoiser, x_t, steps)
+        for t in reversed(steps):
             x0_hat = denoiser(x_t, t)
             if x_t.layout == torch.sparse_csr:
                 x_t = x_t.to_dense()
             x_t = self.posterior_mean(x0_hat, x_t, t)
         return x_t
+
+    def _sample_in_hidden_space(
+        self, denoiser: Denoiser, x_t: Tensor, steps: list[Tensor]
+    ) -> Tensor:
+        # The last reverse step (t = 0) has c_t = 0 (ᾱ_prev = 1): its result is c_0 x̂0.
+        assert float(self.posterior_coef_xt[0]) == 0.0
+        out_to_in, out_to_in_bias = denoiser.output_to_input()
+        projected = denoiser.project_input(x_t)
+        for t in reversed(steps[1:]):
+            h = denoiser.hidden(projected, t)
+            c_x0 = self._at(self.posterior_coef_x0, t, projected)
+            c_xt = self._at(self.posterior_coef_xt, t, projected)
+            projected = c_x0 * torch.addmm(out_to_in_bias, h, out_to_in) + c_xt * projected
+        t = steps[0]
+        x0_hat = denoiser.layers[-1](denoiser.hidden(projected, t))
+        return self._at(self.posterior_coef_x0, t, x0_hat) * x0_hat
