@@ -1,6 +1,14 @@
-"""Tiny hand-built datasets for the graph, evaluation, sampling, training and model tests."""
+"""Tiny hand-built datasets for the tests, and helpers to run the command and the server."""
 
 from __future__ import annotations
+
+import json
+import socket
+import subprocess
+import sys
+import urllib.error
+import urllib.request
+from typing import Any
 
 import numpy as np
 import scipy.sparse as sp
@@ -84,3 +92,43 @@ def fit_bpr(
             total += loss.item()
         losses.append(total)
     return losses
+
+
+#: A tiny synthetic dataset with string-free integer ids; trains in about a second.
+SERVE_DATA = "synthetic:n_users=150,n_items=80,interactions_per_user=10"
+
+
+def diffmm_command(*args: str) -> list[str]:
+    """The ``diffmm`` command of this interpreter, as an argv list."""
+    return [sys.executable, "-m", "diffmm.cli", *args]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Server:
+    """A running ``diffmm serve`` process and a tiny HTTP client for it."""
+
+    def __init__(self, url: str, process: subprocess.Popen) -> None:
+        self.url, self.process = url, process
+
+    def request(self, method: str, path: str, body: Any = None, raw: bytes | None = None):
+        """``(status, parsed JSON body)``; ``raw`` sends bytes as they are."""
+        data = raw if raw is not None else (None if body is None else json.dumps(body).encode())
+        req = urllib.request.Request(self.url + path, data=data, method=method)
+        if data is not None:
+            req.add_header("Content-Type", "application/json")
+        try:
+            with urllib.request.urlopen(req, timeout=10) as resp:
+                return resp.status, json.loads(resp.read())
+        except urllib.error.HTTPError as err:
+            return err.code, json.loads(err.read() or b"null")
+
+    def get(self, path: str):
+        return self.request("GET", path)
+
+    def post(self, path: str, body: Any = None, raw: bytes | None = None):
+        return self.request("POST", path, body, raw)

@@ -12,7 +12,6 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import diffmm_command
 from diffmm.checkpoint import (
     DataRef,
     check_fingerprint,
@@ -24,6 +23,7 @@ from diffmm.checkpoint import (
 from diffmm.config import resolve_config
 from diffmm.errors import ConfigError, DataError
 from diffmm.train import train
+from helpers import diffmm_command
 
 DATA = "synthetic:n_users=160,n_items=90,interactions_per_user=10"
 

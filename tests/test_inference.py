@@ -8,12 +8,12 @@ import pytest
 import torch
 
 import diffmm
-from conftest import SERVE_DATA
 from diffmm.checkpoint import DataRef
 from diffmm.config import resolve_config
 from diffmm.errors import ConfigError, DataError, UnknownIdError
 from diffmm.export import export_top_k
 from diffmm.train import train
+from helpers import SERVE_DATA
 
 
 @pytest.fixture(scope="module")

@@ -44,6 +44,8 @@ BEST = "best.pt"
 SUMMARY = "summary.json"
 #: Version of the ``last.pt`` layout; a checkpoint of another version is refused.
 CHECKPOINT_FORMAT = 1
+#: What ``last.pt`` holds besides the epoch.
+TRAINING_STATE = ("model", "model_extra", "optimizer", "rng", "selection")
 
 
 @dataclass(frozen=True)
@@ -103,6 +105,17 @@ def read_json(path: Path) -> Any:
         raise DataError(f"{path}: not valid JSON ({exc}); the run directory is damaged") from None
 
 
+def _read_object(path: Path, keys: tuple[str, ...]) -> dict[str, Any]:
+    """A JSON object with at least ``keys``; DataError naming the file otherwise."""
+    obj = read_json(path)
+    if not isinstance(obj, dict) or not set(keys) <= set(obj):
+        raise DataError(
+            f"{path}: expected a JSON object with keys {list(keys)}; the run directory is "
+            "damaged (was this file edited?)"
+        )
+    return obj
+
+
 def read_config(run_dir: Path) -> RunConfig:
     """The resolved configuration of a run."""
     path = run_dir / CONFIG
@@ -114,14 +127,24 @@ def read_config(run_dir: Path) -> RunConfig:
 
 def read_data_ref(run_dir: Path) -> DataRef | None:
     """How the run's data were loaded (None if the run was given a dataset in memory)."""
-    load = read_json(run_dir / DATASET).get("load")
-    return DataRef(**load) if load else None
+    path = run_dir / DATASET
+    load = _read_object(path, ("load", "fingerprint"))["load"]
+    if load is None:
+        return None
+    try:
+        return DataRef(path=str(load["path"]), split=str(load["split"]), seed=int(load["seed"]))
+    except (KeyError, TypeError, ValueError):
+        raise DataError(f"{path}: 'load' must hold path, split and seed") from None
 
 
 def check_fingerprint(run_dir: Path, dataset: Dataset) -> None:
     """Raise DataError if ``dataset`` is not the data the run was trained on."""
-    expected = read_json(run_dir / DATASET)["fingerprint"]
+    expected = _read_object(run_dir / DATASET, ("fingerprint",))["fingerprint"]
     actual = dataset.fingerprint()
+    if not isinstance(expected, dict) or not isinstance(expected.get("splits"), dict):
+        raise DataError(
+            f"{run_dir / DATASET}: the fingerprint is damaged; the run cannot be checked"
+        )
     if {**expected, "name": None} == {**actual, "name": None}:  # a renamed file is fine
         return
     diffs = [
@@ -146,10 +169,10 @@ def read_ids(run_dir: Path, n_users: int, n_items: int) -> tuple[np.ndarray, np.
     DataError unless there is exactly one id per user and per item of the run's data.
     """
     path = run_dir / IDS
-    raw = read_json(path)
+    raw = _read_object(path, ("users", "items"))
     out = []
     for key, n in (("users", n_users), ("items", n_items)):
-        ids = raw.get(key) if isinstance(raw, dict) else None
+        ids = raw[key]
         if ids is None:  # written by an earlier version: the ids are the indices
             ids = list(range(n))
         if not isinstance(ids, list) or len(ids) != n:
@@ -167,8 +190,13 @@ def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
     atomic_torch_save(path, {"format": CHECKPOINT_FORMAT, **state})
 
 
-def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """Read a checkpoint written by :func:`save_checkpoint`; DataError if it is unusable."""
+def load_checkpoint(
+    path: Path, map_location: str | torch.device = "cpu", required: tuple[str, ...] = ("model",)
+) -> dict[str, Any]:
+    """Read a checkpoint written by :func:`save_checkpoint`; DataError if it is unusable.
+
+    ``required`` keys must be present (a ``last.pt`` needs the full training state).
+    """
     if not path.is_file():
         raise DataError(f"{path}: no checkpoint there; was the run started with --out?")
     try:
@@ -191,6 +219,9 @@ def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dic
             f"{path}: not a diffmm checkpoint of format {CHECKPOINT_FORMAT}; it was written "
             "by another program or another version of diffmm"
         )
+    missing = [key for key in ("epoch", *required) if key not in state]
+    if missing:
+        raise DataError(f"{path}: incomplete checkpoint, missing {missing}; restore it from a copy")
     return state
 
 

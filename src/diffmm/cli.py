@@ -35,6 +35,10 @@ def _user_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
         except DiffMMError as err:
             click.echo(f"error: {err}", err=True)
             sys.exit(2)
+        except OSError as err:  # a path the user gave cannot be read or written
+            where = f"{err.filename}: " if err.filename else ""
+            click.echo(f"error: {where}{err.strerror or err}", err=True)
+            sys.exit(2)
 
     return wrapper
 
@@ -55,6 +59,19 @@ def main() -> None:
     from diffmm.utils import keep_freed_memory_for_reuse
 
     keep_freed_memory_for_reuse()
+
+
+def _check_writable_path(path: Path) -> None:
+    """A clear error when a parent of an output path is a file."""
+    from diffmm.errors import ConfigError
+
+    for parent in path.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise ConfigError(
+                    f"{path}: {parent} is a file, not a directory; choose another path"
+                )
+            return
 
 
 def _default_run_dir(model: str, data_name: str) -> Path:
@@ -124,6 +141,7 @@ def train(
         data_ref = DataRef.of(data, split, run_config.train.seed)
         dataset = data_ref.load()
         run_dir = out or _default_run_dir(run_config.model, dataset.name)
+        _check_writable_path(run_dir / "config.json")
     click.echo(f"training {run_config.model} on {dataset.name} -> {run_dir}", err=True)
     try:
         summary = run_training(
@@ -272,6 +290,7 @@ def export(
     from diffmm.export import export_top_k
     from diffmm.inference import load
 
+    _check_writable_path(out)
     rec = load(run_dir, data=data)
     rows = export_top_k(rec, out, k=k, batch_size=batch_size, exclude_seen=not include_seen)
     click.echo(f"wrote {rows} rows ({rec.n_users} users, top {k}) to {out}", err=True)

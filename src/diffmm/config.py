@@ -217,6 +217,13 @@ def resolve_config(
 ) -> RunConfig:
     """Resolve defaults < preset < config file < overrides into a validated RunConfig."""
     file_raw = load_config_file(config_file) if config_file else {}
+    for key in ("model", "preset"):
+        if key in file_raw and not isinstance(file_raw[key], str):
+            choices = ", ".join(model_names()) if key == "model" else "a preset name"
+            raise ConfigError(
+                f"config file {config_file}: {key} must be a string ({choices}), "
+                f"got {file_raw[key]!r}"
+            )
     model = model or file_raw.get("model") or "lightgcn"
     if model not in model_names():
         raise ConfigError(
@@ -239,6 +246,12 @@ def resolve_config(
             f"config file {config_file}: unknown top-level keys {sorted(extra)}; "
             f"expected 'model', 'preset', '[train]' and '[{model}]'"
         )
+    for section in ("train", model):
+        if section in file_raw and not isinstance(file_raw[section], dict):
+            raise ConfigError(
+                f"config file {config_file}: {section!r} must be a table ([{section}] with "
+                f"key = value lines below it), got {file_raw[section]!r}"
+            )
     _deep_update(raw, {k: v for k, v in file_raw.items() if k in ("train", model)})
     for assignment in overrides:
         apply_override(raw, model, assignment)

@@ -43,7 +43,7 @@ def create_app(rec: TrainedRecommender) -> Any:
     from fastapi import FastAPI, Query, Request
     from fastapi.exceptions import RequestValidationError
     from fastapi.responses import JSONResponse
-    from pydantic import BaseModel, ConfigDict, Field
+    from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr
 
     from diffmm.errors import DiffMMError, UnknownIdError
 
@@ -57,7 +57,7 @@ def create_app(rec: TrainedRecommender) -> Any:
     class BatchRequest(BaseModel):
         model_config = ConfigDict(extra="forbid")
 
-        users: list[int | str] = Field(min_length=1, max_length=MAX_BATCH_USERS)
+        users: list[StrictInt | StrictStr] = Field(min_length=1, max_length=MAX_BATCH_USERS)
         k: int = Field(20, ge=1, le=k_limit)
         exclude_seen: bool = True
 

@@ -204,13 +204,21 @@ class Trainer:
         them), and rewrites ``best.pt`` if the run died between the two saves of an
         improving epoch (the best state is then the checkpoint's own model).
         """
-        state = load_checkpoint(self._path(ckpt.LAST), map_location=self.device)
-        epoch = int(state["epoch"])
-        self.model.load_state_dict(state["model"])
-        self.model.load_extra_state_dict(state["model_extra"])
-        optimizer.load_state_dict(state["optimizer"])
-        restore_rng(state["rng"], self.rng)
-        sel = Selection(**state["selection"])
+        state = load_checkpoint(
+            self._path(ckpt.LAST), map_location=self.device, required=ckpt.TRAINING_STATE
+        )
+        try:
+            epoch = int(state["epoch"])
+            self.model.load_state_dict(state["model"])
+            self.model.load_extra_state_dict(state["model_extra"])
+            optimizer.load_state_dict(state["optimizer"])
+            restore_rng(state["rng"], self.rng)
+            sel = Selection(**state["selection"])
+        except (RuntimeError, KeyError, TypeError, ValueError) as exc:
+            raise DataError(
+                f"{self._path(ckpt.LAST)}: does not fit the model and settings of this run "
+                f"({type(exc).__name__}: {exc}); restore it from a copy"
+            ) from None
         log_path = self._path(ckpt.LOG)
         if log_path.exists():
             lines = [ln for ln in log_path.read_text().splitlines() if ln.strip()]

@@ -107,10 +107,10 @@ def match_ids(known: np.ndarray, raw: np.ndarray) -> np.ndarray:
     known = np.asarray(known)
     raw = np.asarray(raw)
     if known.dtype.kind in "iu" and raw.dtype.kind not in "iu":
-        try:
-            raw = raw.astype(np.int64)
-        except (ValueError, TypeError):
-            return np.full(raw.shape, -1, dtype=np.int64)
+        values, ok = _parse_int64(raw)
+        idx = match_ids(known, values)
+        idx[~ok] = -1
+        return idx
     elif known.dtype.kind not in "iu" and raw.dtype.kind in "iu":
         raw = raw.astype(str)
     if known.dtype.kind == "O" or raw.dtype.kind == "O":
@@ -121,6 +121,30 @@ def match_ids(known: np.ndarray, raw: np.ndarray) -> np.ndarray:
     sorted_known = known[order]
     pos = np.clip(np.searchsorted(sorted_known, raw), 0, len(known) - 1)
     return np.where(sorted_known[pos] == raw, order[pos], -1).astype(np.int64)
+
+
+def _parse_int64(raw: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``(values, ok)``: each id as an int64 where it is one (e.g. "42", 42.0), else ok=False.
+
+    Ids that are not integers, or do not fit in int64, are not parsed (never an error).
+    """
+    raw = np.asarray(raw)
+    if raw.dtype.kind == "b":
+        return np.zeros(raw.shape, dtype=np.int64), np.zeros(raw.shape, dtype=bool)
+    if raw.dtype.kind == "f":
+        ok = np.isfinite(raw) & (raw == np.round(raw)) & (np.abs(raw) < 2**62)
+        return np.where(ok, raw, 0).astype(np.int64), ok
+    text = np.char.strip(raw.astype(str))
+    digits = np.char.lstrip(text, "-")
+    ok = (
+        np.char.isdecimal(digits)
+        & (np.char.str_len(digits) <= 18)  # fits in int64
+        & (np.char.str_len(text) - np.char.str_len(digits) <= 1)  # at most one minus sign
+    )
+    values = np.zeros(raw.shape, dtype=np.int64)
+    if ok.any():
+        values[ok] = text[ok].astype(np.int64)
+    return values, ok
 
 
 def _lookup(raw_ids: Any, known: np.ndarray | None, n: int, kind: str, source: str) -> np.ndarray:

@@ -379,6 +379,8 @@ def load_mmrec(path: str | Path, *, name: str | None = None) -> Dataset:
     p = Path(path)
     df = read_table(p)
     ucol, icol, lcol = _require_cols(df, p, ("userid",), ("itemid",), ("x_label",))
+    if df.empty:
+        raise DataError(f"{p}: the file has a header but no rows; it needs interactions")
     idx = {}
     for col, kind in ((ucol, "user"), (icol, "item")):
         s = df[col]
