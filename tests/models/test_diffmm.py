@@ -191,16 +191,23 @@ def test_same_seed_same_everything():
     assert l1 == l2 and torch.equal(s1, s2)
 
 
-def test_info_nce_matches_its_definition():
+@pytest.mark.parametrize("grad", [False, True])
+def test_info_nce_matches_its_definition(grad):
     torch.manual_seed(0)
-    a, o = torch.randn(6, 4), torch.randn(6, 4)
-    nodes = torch.tensor([0, 2, 5])
+    a = torch.randn(6, 4, dtype=torch.float64, requires_grad=grad)
+    o = torch.randn(6, 4, dtype=torch.float64, requires_grad=grad)
+    nodes = torch.tensor([0, 2, 5, 2])  # a repeated anchor counts twice
     an, on = torch.nn.functional.normalize(a), torch.nn.functional.normalize(o)
     expected = 0.0
     for n in nodes.tolist():
         sims = (an[n] @ on.T) / 0.5
         expected += -torch.log(torch.exp(sims[n]) / torch.exp(sims).sum())
-    torch.testing.assert_close(info_nce(a, o, nodes, 0.5), expected / 3)
+    expected = expected / 4
+    loss = info_nce(a, o, nodes, 0.5)
+    torch.testing.assert_close(loss, expected)
+    if grad:
+        got = torch.autograd.grad(loss, (a, o))
+        torch.testing.assert_close(got, torch.autograd.grad(expected, (a, o)))
 
 
 def _fit(name: str, dataset, overrides: list[str]) -> dict:

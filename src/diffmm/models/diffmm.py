@@ -45,6 +45,7 @@ from diffmm.graph import (
 )
 from diffmm.models.base import Batch, ModelConfig, Recommender
 from diffmm.models.mf import bpr_loss
+from diffmm.ops import matmul_cross_entropy
 
 
 class DiffMMConfig(ModelConfig):
@@ -403,9 +404,10 @@ def info_nce(anchor: Tensor, other: Tensor, nodes: Tensor, temperature: float) -
     """InfoNCE with cosine similarity: anchors ``anchor[nodes]``, positives ``other[nodes]``,
     negatives all rows of ``other``; averaged over anchors (eq. 18)."""
     # The positive of anchor i is column nodes[i] of the logits: a softmax cross-entropy.
-    a = F.normalize(anchor[nodes], dim=1) / temperature
-    logits = a @ F.normalize(other, dim=1).T
-    return F.cross_entropy(logits, nodes)
+    # A node drawn k times in the batch is one row with weight k/n: the same mean.
+    unique, counts = torch.unique(nodes, return_counts=True)
+    a = F.normalize(anchor[unique], dim=1) / temperature
+    return matmul_cross_entropy(a, F.normalize(other, dim=1), unique, counts / len(nodes))
 
 
 class _ParametricTrans(nn.Module):

@@ -1,0 +1,79 @@
+"""Fused operations used on hot paths (each equals a plain PyTorch expression).
+
+:func:`matmul_cross_entropy` is ``F.cross_entropy(a @ b.T, targets)`` computed in blocks
+of rows, with its gradient formed in the same pass: each block's logits are turned in
+place into ``softmax - onehot`` and multiplied back while they are still in cache, so
+the full ``(len(a), len(b))`` logits matrix is never stored. For the contrastive loss
+of DiffMM (1024 anchors against every user or item) this halves the time of the loss
+and frees the memory the logits would keep for the backward pass.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+#: Rows per block: a block's logits (rows x len(b) floats) should fit in the L2/L3 cache.
+BLOCK_ROWS = 128
+
+
+class _MatmulCrossEntropy(torch.autograd.Function):
+    @staticmethod
+    def forward(
+        ctx: Any, a: Tensor, b: Tensor, targets: Tensor, weights: Tensor, block_rows: int
+    ) -> Tensor:
+        grad_a = torch.empty_like(a)
+        grad_b = torch.zeros_like(b)
+        total = a.new_zeros(())
+        for start in range(0, a.shape[0], block_rows):
+            rows = slice(start, start + block_rows)
+            a_blk, t_blk, w_blk = a[rows], targets[rows], weights[rows]
+            cols = torch.arange(len(t_blk), device=a.device)
+            # Logits of the block transposed, (len(b), rows): MKL computes b @ a_blk.T
+            # about twice as fast as a_blk @ b.T for these shapes (measured).
+            logits_t = b @ a_blk.T
+            positive = logits_t[t_blk, cols]
+            col_max = logits_t.amax(0)
+            probs_t = logits_t.sub_(col_max).exp_()  # in place: the block's only buffer
+            denom = probs_t.sum(0)
+            total += (w_blk * (col_max + denom.log() - positive)).sum()
+            probs_t.mul_(w_blk / denom)
+            probs_t[t_blk, cols] -= w_blk  # softmax - onehot, weighted
+            torch.mm(probs_t.T, b, out=grad_a[rows])
+            grad_b.addmm_(probs_t, a_blk)
+        ctx.save_for_backward(grad_a, grad_b)
+        return total
+
+    @staticmethod
+    def backward(ctx: Any, grad_out: Tensor) -> tuple[Tensor, Tensor, None, None, None]:
+        grad_a, grad_b = ctx.saved_tensors
+        return grad_out * grad_a, grad_out * grad_b, None, None, None
+
+
+def matmul_cross_entropy(
+    a: Tensor,
+    b: Tensor,
+    targets: Tensor,
+    weights: Tensor | None = None,
+    block_rows: int = BLOCK_ROWS,
+) -> Tensor:
+    """``F.cross_entropy(a @ b.T, targets)`` without storing the logits.
+
+    Args:
+        a: ``(n, d)`` rows; b: ``(m, d)`` classes; targets: ``(n,)`` class of each row.
+        weights: ``(n,)`` weight of each row's loss; default ``1/n`` (the mean).
+        block_rows: rows of ``a`` processed at a time.
+
+    Returns ``Σ_i weights_i · CE_i``. The gradient is computed in the forward pass (under
+    ``torch.no_grad`` the plain expression is used instead); the result supports one
+    backward pass, not double differentiation.
+    """
+    if weights is None:
+        weights = torch.full(targets.shape, 1.0 / len(targets), device=a.device)
+    weights = weights.to(a.dtype)
+    if not (torch.is_grad_enabled() and (a.requires_grad or b.requires_grad)):
+        return (weights * F.cross_entropy(a @ b.T, targets, reduction="none")).sum()
+    return _MatmulCrossEntropy.apply(a, b, targets, weights, block_rows)

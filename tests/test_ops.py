@@ -1,0 +1,49 @@
+"""Fused operations against the plain PyTorch expressions they replace."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from diffmm.ops import matmul_cross_entropy
+
+
+@pytest.mark.parametrize("block_rows", [1, 7, 128])
+def test_matmul_cross_entropy_equals_cross_entropy_of_the_product(block_rows):
+    torch.manual_seed(0)
+    a = torch.randn(50, 8, dtype=torch.float64, requires_grad=True)
+    b = torch.randn(30, 8, dtype=torch.float64, requires_grad=True)
+    targets = torch.randint(0, 30, (50,))
+    targets[:5] = 3  # repeated targets accumulate into one row of b's gradient
+    (2.5 * matmul_cross_entropy(a, b, targets, block_rows=block_rows)).backward()
+    fused = (a.grad.clone(), b.grad.clone())
+    a.grad = b.grad = None
+    loss = F.cross_entropy(a @ b.T, targets)
+    (2.5 * loss).backward()
+    torch.testing.assert_close(matmul_cross_entropy(a, b, targets, block_rows=block_rows), loss)
+    torch.testing.assert_close(fused, (a.grad, b.grad))
+
+
+def test_matmul_cross_entropy_is_stable_for_large_logits_and_plain_without_grad():
+    a = torch.tensor([[100.0, 0.0], [0.0, -100.0]], requires_grad=True)
+    b = torch.tensor([[1.0, 0.0], [0.0, 1.0], [-1.0, 0.0]])
+    targets = torch.tensor([0, 2])
+    loss = matmul_cross_entropy(a, b, targets)
+    assert torch.isfinite(loss)
+    torch.testing.assert_close(loss, F.cross_entropy(a @ b.T, targets))
+    with torch.no_grad():
+        torch.testing.assert_close(matmul_cross_entropy(a, b, targets), loss.detach())
+
+
+def test_weights_scale_each_rows_loss_and_gradient():
+    torch.manual_seed(1)
+    a = torch.randn(6, 4, dtype=torch.float64, requires_grad=True)
+    b = torch.randn(9, 4, dtype=torch.float64, requires_grad=True)
+    targets = torch.tensor([0, 1, 2, 2, 8, 5])
+    weights = torch.tensor([0.5, 0.0, 2.0, 1.0, 0.25, 3.0], dtype=torch.float64)
+    matmul_cross_entropy(a, b, targets, weights, block_rows=4).backward()
+    fused = (a.grad.clone(), b.grad.clone())
+    a.grad = b.grad = None
+    (weights * F.cross_entropy(a @ b.T, targets, reduction="none")).sum().backward()
+    torch.testing.assert_close(fused, (a.grad, b.grad))
