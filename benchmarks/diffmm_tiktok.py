@@ -12,6 +12,11 @@ variant and seed), so the script can be run in pieces; every run rewrites
 
     .venv/bin/python benchmarks/diffmm_tiktok.py                    # 3 seeds + ablations
     .venv/bin/python benchmarks/diffmm_tiktok.py --seeds 421 --variants DiffMM
+    .venv/bin/python benchmarks/diffmm_tiktok.py --speed 3    # time 3 epochs of the current code
+
+The speed run trains DiffMM (seed 421) for a few epochs only and records the time of
+each phase and the peak memory of the code as it is now; the reports' speed figures
+come from it when there is one (the accuracy runs' timings stay in their own table).
 """
 
 from __future__ import annotations
@@ -47,7 +52,9 @@ PHASES = {
     "seconds_train": "recommender pass",
     "seconds_eval": "evaluation (valid + test)",
     "seconds": "epoch",
+    "seconds_checkpoint": "checkpoint write (not in epoch)",
 }
+SPEED = "speed"
 STATE = RESULTS / "diffmm_tiktok_runs.json"
 # Measured on this machine with the authors' code (issue #3, spec §8), for reference.
 AUTHORS = {"test_recall@20": 0.1020, "test_ndcg@20": 0.0429, "best_on_test_recall@20": 0.1070}
@@ -58,7 +65,7 @@ def phase_medians(log: list[dict[str, Any]]) -> dict[str, float]:
     """Median seconds of each phase over the epochs of one run."""
     out = {}
     for key in PHASES:
-        values = [r.get(key, r.get("begin_epoch", {}).get(key)) for r in log]
+        values = [r.get(key, (r.get("begin_epoch") or {}).get(key)) for r in log]
         values = [v for v in values if v is not None]
         if values:
             out[key] = statistics.median(values)
@@ -98,6 +105,8 @@ def lightgcn_reference() -> float | None:
 
 def write_reports(records: dict[str, dict[str, Any]]) -> None:
     main = [r for r in records.values() if r["variant"] == "DiffMM"]
+    speed = records.get(f"{SPEED}/seed421")
+    timed = [speed] if speed else main
     lightgcn = lightgcn_reference()
     revisions = sorted({r["revision"] for r in records.values()})
     lines = [
@@ -163,12 +172,29 @@ def write_reports(records: dict[str, dict[str, Any]]) -> None:
         a = AUTHORS_SECONDS
         lines.append(
             f"| authors' code (spec §8) | {a['diffusion']} | {a['graphs']} | {a['recommender']} "
-            f"| {a['eval']} | 62.8 | 1800 |"
+            f"| {a['eval']} | 62.8 | – | 1800 |"
         )
         lines.append(
             "\nThe evaluation column includes scoring test at every epoch for the parity "
             "number; validation alone takes about half of it."
         )
+    speed = records.get(f"{SPEED}/seed421")
+    if speed:
+        p = speed["phases_median"]
+        lines += [
+            "",
+            f"## Speed and memory of the current code ({speed['epochs_run']}-epoch run, "
+            f"median over epochs, revision `{speed['revision'][:12]}`)",
+            "",
+            "| " + " | ".join(PHASES.values()) + " | peak RSS (MB) |",
+            "|" + "---|" * (len(PHASES) + 1),
+            "| "
+            + " | ".join(f"{p[k]:.1f}" if k in p else "–" for k in PHASES)
+            + f" | {speed['peak_rss_mb']:.0f} |",
+            "",
+            f"Machine: {speed['machine']['cpu']}, {speed['machine']['cores']} cores, "
+            f"{speed['machine']['date']}.",
+        ]
     lines += ["", "## Runs", ""]
     for key, r in sorted(records.items()):
         lines.append(f"- `{key}`: `{r['command']}` (revision `{r['revision']}`)")
@@ -182,18 +208,21 @@ def write_reports(records: dict[str, dict[str, Any]]) -> None:
         "best_on_test_recall@20": [r["best_on_test_recall@20"] for r in main],
         "seeds": [r["seed"] for r in main],
         "lightgcn_test_recall@20": lightgcn,
+        "timing_from": "speed run" if speed else "accuracy runs",
         "seconds_per_epoch_median": (
-            statistics.median(r["seconds_per_epoch_median"] for r in main) if main else None
+            statistics.median(r["seconds_per_epoch_median"] for r in timed) if timed else None
         ),
         "phases_median": {
-            k: statistics.median(r["phases_median"][k] for r in main)
+            k: statistics.median(r["phases_median"][k] for r in timed)
             for k in PHASES
-            if main and all(k in r["phases_median"] for r in main)
+            if timed and all(k in r["phases_median"] for r in timed)
         },
-        "peak_rss_mb": max((r["peak_rss_mb"] for r in main), default=None),
+        "peak_rss_mb": max((r["peak_rss_mb"] for r in timed), default=None),
         "revision": revisions[-1] if len(revisions) == 1 else revisions,
         "ablations": {
-            r["variant"]: r["test"] for r in records.values() if r["variant"] != "DiffMM"
+            r["variant"]: r["test"]
+            for r in records.values()
+            if r["variant"] not in ("DiffMM", SPEED)
         },
     }
     write_atomic(RESULTS / "diffmm_tiktok.json", json.dumps(summary, indent=2) + "\n")
@@ -209,22 +238,27 @@ def main() -> None:
         help="Variants to run; ablations use the first seed only.",
     )
     parser.add_argument("--report-only", action="store_true", help="Rewrite the reports.")
+    parser.add_argument(
+        "--speed", type=int, default=0, metavar="EPOCHS", help="First time EPOCHS epochs."
+    )
     args = parser.parse_args()
     data = require_dataset("tiktok")
     records: dict[str, dict[str, Any]] = json.loads(STATE.read_text()) if STATE.exists() else {}
     seeds = [int(s) for s in args.seeds.split(",")]
-    variants = [v.strip() for v in args.variants.split(",")]
+    variants = [v.strip() for v in args.variants.split(",") if v.strip()]
     unknown = set(variants) - set(VARIANTS)
     if unknown:
         parser.error(f"unknown variants {sorted(unknown)}; choose from {list(VARIANTS)}")
     jobs = [(v, s) for v in variants for s in (seeds if v == "DiffMM" else seeds[:1])]
+    if args.speed:
+        jobs.insert(0, (SPEED, 421))
     for variant, seed in [] if args.report_only else jobs:
         sets = [
-            f"train.epochs={args.epochs}",
+            f"train.epochs={args.speed if variant == SPEED else args.epochs}",
             f"train.seed={seed}",
             "train.test_every_epoch=true",
             "train.progress=false",
-            *VARIANTS[variant],
+            *VARIANTS.get(variant, []),
         ]
         slug = variant.replace("/", "").replace(" ", "-").lower()
         run_dir = RUNS / f"diffmm-tiktok-{slug}-seed{seed}"
