@@ -132,3 +132,12 @@ class Server:
 
     def post(self, path: str, body: Any = None, raw: bytes | None = None):
         return self.request("POST", path, body, raw)
+
+
+def popularity_recall(dataset: Dataset, split: str = "test", k: int = 20) -> float:
+    """Recall@k of the popularity ranker (items by training count) on ``split``."""
+    from diffmm.evaluate import evaluate
+
+    counts = torch.from_numpy(np.asarray(dataset.train.sum(axis=0)).ravel().astype(np.float32))
+    result = evaluate(lambda users: counts.expand(len(users), -1), dataset, split, ks=[k])
+    return result[f"recall@{k}"]

@@ -139,3 +139,18 @@ def test_symmetric_spmm_gradient_matches_autograd():
     (y_ref * torch.arange(15.0).reshape(5, 3)).sum().backward()
     torch.testing.assert_close(y, y_ref)
     torch.testing.assert_close(grad_fast, x.grad)
+
+
+def test_knn_item_graph_links_each_item_to_its_most_similar_items():
+    from diffmm.graph import knn_item_graph
+
+    feats = torch.tensor([[1.0, 0.0], [0.9, 0.1], [0.0, 1.0], [0.1, 0.9], [-1.0, 0.0]])
+    g = knn_item_graph(feats, k=2, block_rows=2).to_dense()
+    # item 0's neighbours: itself and item 1; item 2's: itself and item 3
+    assert (g[0] > 0).nonzero().ravel().tolist() == [0, 1]
+    assert (g[2] > 0).nonzero().ravel().tolist() == [2, 3]
+    # D^-1/2 S D^-1/2 with row sums of S as degrees: known value for edge (0, 1)
+    s = (g > 0).float()
+    deg = s.sum(1)
+    torch.testing.assert_close(g, s / deg.sqrt()[:, None] / deg.sqrt()[None, :])
+    assert knn_item_graph(feats, k=99).to_dense().gt(0).all()  # k clipped to n_items
