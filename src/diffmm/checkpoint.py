@@ -55,18 +55,21 @@ class DataRef:
     path: str
     split: str = "random"
     seed: int = 2024
+    features: str | None = None
 
     @classmethod
-    def of(cls, data: str, split: str, seed: int) -> DataRef:
+    def of(cls, data: str, split: str, seed: int, features: str | None = None) -> DataRef:
         """A reference that still works from another directory (paths made absolute)."""
         if not data.startswith("synthetic"):
             data = str(Path(data).expanduser().resolve())
-        return cls(data, split, seed)
+        if features is not None:
+            features = str(Path(features).expanduser().resolve())
+        return cls(data, split, seed, features)
 
     def load(self) -> Dataset:
         from diffmm.data import load_dataset
 
-        return load_dataset(self.path, split=self.split, seed=self.seed)
+        return load_dataset(self.path, split=self.split, seed=self.seed, features=self.features)
 
 
 # ----------------------------------------------------------------------------- metadata
@@ -132,7 +135,12 @@ def read_data_ref(run_dir: Path) -> DataRef | None:
     if load is None:
         return None
     try:
-        return DataRef(path=str(load["path"]), split=str(load["split"]), seed=int(load["seed"]))
+        return DataRef(
+            path=str(load["path"]),
+            split=str(load["split"]),
+            seed=int(load["seed"]),
+            features=None if load.get("features") is None else str(load["features"]),
+        )
     except (KeyError, TypeError, ValueError):
         raise DataError(f"{path}: 'load' must hold path, split and seed") from None
 

@@ -79,7 +79,12 @@ def _default_run_dir(model: str, data_name: str) -> Path:
 
 
 @main.command()
-@click.option("--model", "model", default=None, help="Model name: mf, lightgcn or diffmm.")
+@click.option(
+    "--model",
+    "model",
+    default=None,
+    help="Model name (see `diffmm models`): mf, lightgcn, diffmm, vbpr, ...",
+)
 @click.option("--data", "data", default=None, help=DATA_HELP)
 @click.option("--preset", default=None, help="Named settings, e.g. tiktok, baby, sports (DiffMM).")
 @click.option(
@@ -105,6 +110,16 @@ def _default_run_dir(model: str, data_name: str) -> Path:
 )
 @click.option("--split", default="random", help="How to split unsplit tables: random or loo.")
 @click.option(
+    "--split-seed", default=2024, show_default=True, help="Seed of the split of unsplit tables."
+)
+@click.option(
+    "--features",
+    "features",
+    type=click.Path(exists=True, file_okay=False),
+    default=None,
+    help="Folder of extra <modality>.features.* files keyed by item id (diffmm features).",
+)
+@click.option(
     "--resume",
     "resume",
     type=click.Path(file_okay=False, path_type=Path),
@@ -121,6 +136,8 @@ def train(
     overrides: tuple[str, ...],
     out: Path | None,
     split: str,
+    split_seed: int,
+    features: str | None,
     resume: Path | None,
 ) -> None:
     """Train a model with validation-based selection; test is scored once at the end."""
@@ -138,7 +155,7 @@ def train(
         if data is None:
             raise ConfigError("--data is required (or --resume RUN_DIR to continue a run)")
         run_config = resolve_config(model, preset, config_file, overrides)
-        data_ref = DataRef.of(data, split, run_config.train.seed)
+        data_ref = DataRef.of(data, split, split_seed, features)
         dataset = data_ref.load()
         run_dir = out or _default_run_dir(run_config.model, dataset.name)
         _check_writable_path(run_dir / "config.json")
@@ -185,12 +202,21 @@ def _resume_inputs(
             )
     data_ref = read_data_ref(run_dir)
     if data is not None:
-        seed = data_ref.seed if data_ref else stored.train.seed
-        split = data_ref.split if data_ref else "random"
-        data_ref = DataRef.of(data, split, seed)
+        old = data_ref or DataRef(data)
+        data_ref = DataRef.of(data, old.split, old.seed, old.features)
     elif data_ref is None:
         raise ConfigError(f"{run_dir} does not say where its data are; pass --data")
     return stored, data_ref.load(), data_ref
+
+
+@main.command("models")
+def list_models() -> None:
+    """List the models --model accepts, with the paper each one implements."""
+    from diffmm.models import get_model_class, model_names
+
+    for name in model_names():
+        module_doc = sys.modules[get_model_class(name).__module__].__doc__ or ""
+        click.echo(f"{name:<12} {module_doc.strip().splitlines()[0]}")
 
 
 @main.command("config")
@@ -226,12 +252,65 @@ def data() -> None:
 @click.argument("path")
 @click.option("--split", default="random", help="How to split unsplit tables: random or loo.")
 @click.option("--seed", default=2024, show_default=True, help="Seed of the split.")
+@click.option(
+    "--features",
+    type=click.Path(exists=True, file_okay=False),
+    default=None,
+    help="Folder of extra <modality>.features.* files keyed by item id.",
+)
 @_user_errors
-def data_stats(path: str, split: str, seed: int) -> None:
+def data_stats(path: str, split: str, seed: int, features: str | None) -> None:
     """Users, items, interactions per split, density, features, cold users/items."""
     from diffmm.data import dataset_stats, format_stats, load_dataset
 
-    click.echo(format_stats(dataset_stats(load_dataset(path, split=split, seed=seed))))
+    dataset = load_dataset(path, split=split, seed=seed, features=features)
+    click.echo(format_stats(dataset_stats(dataset)))
+
+
+@main.group()
+def features() -> None:
+    """Compute item features from an item table (for --features DIR)."""
+
+
+OUT_DIR = click.Path(file_okay=False, path_type=Path)
+
+
+@features.command("text")
+@click.argument("items", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--columns", required=True, help="Text columns, comma-separated (e.g. title,genres).")
+@click.option("--out", "out", required=True, type=OUT_DIR, help="Folder to write into.")
+@click.option("--modality", default="text", show_default=True, help="Name of the modality.")
+@click.option("--batch-size", default=64, show_default=True, help="Texts encoded at a time.")
+@click.option("--no-cache", is_flag=True, help="Recompute even if cached.")
+@_user_errors
+def features_text(
+    items: Path, columns: str, out: Path, modality: str, batch_size: int, no_cache: bool
+) -> None:
+    """Sentence embeddings (all-MiniLM-L6-v2, offline) of text columns of an item table."""
+    from diffmm.features import item_texts, read_item_table, text_features, write_features
+
+    df, id_col = read_item_table(items)
+    texts = item_texts(df, items, [c.strip() for c in columns.split(",") if c.strip()])
+    values = text_features(texts, batch_size=batch_size, cache=not no_cache)
+    path = write_features(out, modality, df[id_col].to_numpy(), values)
+    click.echo(f"wrote {path} ({values.shape[0]} items x {values.shape[1]})", err=True)
+
+
+@features.command("multihot")
+@click.argument("items", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--column", required=True, help="Column of tokens (e.g. genres).")
+@click.option("--sep", default=" ", show_default=True, help="Token separator.")
+@click.option("--out", "out", required=True, type=OUT_DIR, help="Folder to write into.")
+@click.option("--modality", default="genre", show_default=True, help="Name of the modality.")
+@_user_errors
+def features_multihot(items: Path, column: str, sep: str, out: Path, modality: str) -> None:
+    """A multi-hot vector of the tokens of one column of an item table."""
+    from diffmm.features import multi_hot_features, read_item_table, write_features
+
+    df, id_col = read_item_table(items)
+    values = multi_hot_features(df, items, column, sep)
+    path = write_features(out, modality, df[id_col].to_numpy(), values)
+    click.echo(f"wrote {path} ({values.shape[0]} items x {values.shape[1]})", err=True)
 
 
 RUN_DIR = click.Path(exists=True, file_okay=False, path_type=Path)

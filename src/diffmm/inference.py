@@ -185,7 +185,8 @@ def load(run_dir: str | Path, data: str | None = None, device: str = "auto") -> 
 def _run_dataset(run_dir: Path, data: str | None, seed: int) -> Dataset:
     ref = ckpt.read_data_ref(run_dir)
     if data is not None:
-        ref = ckpt.DataRef.of(data, ref.split if ref else "random", ref.seed if ref else seed)
+        old = ref or ckpt.DataRef(data, "random", seed)
+        ref = ckpt.DataRef.of(data, old.split, old.seed, old.features)
     elif ref is None:
         raise DataError(f"{run_dir} does not say where its data are; pass data=... (--data)")
     try:

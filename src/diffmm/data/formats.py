@@ -77,13 +77,41 @@ MODALITY_ORDER = ("image", "visual", "text", "textual", "audio", "acoustic")
 
 
 def load_dataset(
-    path: str | Path, *, split: str = "random", seed: int = 2024, name: str | None = None
+    path: str | Path,
+    *,
+    split: str = "random",
+    seed: int = 2024,
+    name: str | None = None,
+    features: str | Path | None = None,
 ) -> Dataset:
     """Load a dataset from ``path``, detecting its format (see the module docstring).
 
     ``split`` ("random" or "loo") and ``seed`` are used only for tables without a split
-    column. ``name`` defaults to the file or directory name.
+    column. ``name`` defaults to the file or directory name. ``features`` is a folder of
+    ``<modality>.features.{csv,tsv,parquet,npz}`` files keyed by item id (e.g. written
+    by ``diffmm features``), added to the dataset's own modalities.
     """
+    ds = _load_any(path, split, seed, name)
+    if features is not None:
+        directory = Path(features).expanduser()
+        if not directory.is_dir():
+            raise DataError(f"{directory}: no such folder of feature files (--features)")
+        item_ids = ds.item_ids if ds.item_ids is not None else np.arange(ds.n_items)
+        extra = _features_from_dir(directory, item_ids, f"the items of {ds.source}")
+        if not extra:
+            raise DataError(
+                f"{directory}: no <modality>.features.(csv|tsv|parquet|npz) files in it"
+            )
+        clash = sorted(set(extra) & set(ds.features))
+        if clash:
+            raise DataError(
+                f"{directory}: modalities {clash} are already in {ds.source}; rename the files"
+            )
+        ds.features.update(extra)
+    return ds
+
+
+def _load_any(path: str | Path, split: str, seed: int, name: str | None) -> Dataset:
     if split not in SPLIT_METHODS:
         raise DataError(f"unknown split method {split!r}; use one of {SPLIT_METHODS}")
     if isinstance(path, str) and (path == "synthetic" or path.startswith("synthetic:")):
@@ -488,13 +516,20 @@ _FEATURE_RE = re.compile(r"^(?P<modality>.+)\.features\.(csv|tsv|parquet|npz)$")
 
 
 def _table_features(table: Path, item_ids: np.ndarray) -> dict[str, np.ndarray]:
+    return _features_from_dir(table.parent, item_ids, table.name)
+
+
+def _features_from_dir(
+    directory: Path, item_ids: np.ndarray, items_of: str
+) -> dict[str, np.ndarray]:
+    """Every ``<modality>.features.*`` file in ``directory``, rows ordered as ``item_ids``."""
     files: dict[str, Path] = {}
-    for f in sorted(table.parent.iterdir()):
+    for f in sorted(directory.iterdir()):
         m = _FEATURE_RE.match(f.name)
         if m:
             if m["modality"] in files:
                 raise DataError(
-                    f"{table.parent}: two feature files for modality {m['modality']!r} "
+                    f"{directory}: two feature files for modality {m['modality']!r} "
                     f"({files[m['modality']].name}, {f.name}); keep one"
                 )
             files[m["modality"]] = f
@@ -508,7 +543,7 @@ def _table_features(table: Path, item_ids: np.ndarray) -> dict[str, np.ndarray]:
         missing = pos < 0
         if missing.any():
             raise DataError(
-                f"{f}: {missing.sum()} of {len(item_ids)} items of {table.name} have no "
+                f"{f}: {missing.sum()} of {len(item_ids)} items of {items_of} have no "
                 f"feature row (first: {preview(item_ids[missing])}); add a row for each item"
             )
         feats[modality] = check_features(modality, values[pos], len(item_ids), str(f))

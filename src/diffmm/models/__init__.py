@@ -10,6 +10,9 @@ _REGISTRY = {
     "mf": "diffmm.models.mf:MF",
     "lightgcn": "diffmm.models.lightgcn:LightGCN",
     "diffmm": "diffmm.models.diffmm:DiffMM",
+    "vbpr": "diffmm.models.vbpr:VBPR",
+    "lightgcn_m": "diffmm.models.lightgcn_m:LightGCNM",
+    "bm3": "diffmm.models.bm3:BM3",
 }
 
 

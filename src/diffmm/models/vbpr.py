@@ -1,0 +1,149 @@
+"""VBPR: matrix factorisation with a learned projection of item content features.
+
+Reference:
+    R. He, J. McAuley. "VBPR: Visual Bayesian Personalized Ranking from Implicit
+    Feedback." AAAI 2016.
+
+Each user ``u`` has latent factors ``gamma_u`` (K-d) and content factors ``theta_u``
+(K'-d); each item ``i`` has latent factors ``gamma_i`` (K-d), a bias ``beta_i`` and a
+fixed feature vector ``f_i`` (F-d). A learned ``K' x F`` matrix ``E`` embeds the
+features, so the content factors of the item are ``theta_i = E f_i`` (eq. 3), and the
+preference predictor (eq. 4) is
+
+    x_ui = alpha + beta_u + beta_i + gamma_u . gamma_i + theta_u . (E f_i) + beta' . f_i,
+
+with ``beta'`` (F-d) the "visual bias": the users' overall opinion of an item's content.
+``alpha`` and ``beta_u`` are the same for every item of a user, so they cancel in the
+BPR difference ``x_ui - x_uj`` and in every user's ranking; they are left out.
+
+``f_i`` is the concatenation of all the dataset's feature matrices, in the order of
+:attr:`Dataset.modalities` (as in MMRec's VBPR, which applies the paper's visual model to
+every modality at once). ``embedding_dim`` is the total ``K + K'``, split equally
+(``K' = embedding_dim // 2``, ``K = embedding_dim - K'``), so that VBPR has as many user
+factors as MF or LightGCN of the same ``embedding_dim``; the paper likewise compares
+methods at a fixed total number of factors. (MMRec instead gives ``gamma`` and ``theta``
+``embedding_size`` dimensions each.)
+
+Scores are dot products of
+
+    user_repr_u = [gamma_u, theta_u, 1]     item_repr_i = [gamma_i, E f_i, beta_i + beta' . f_i],
+
+so the constant last column carries the item biases. Training is BPR with
+L2 on the batch's ``gamma_u``, ``theta_u``, ``gamma_i``, ``gamma_j``, ``beta_i``,
+``beta_j`` divided by the batch size (as in :mod:`diffmm.models.mf`). ``E`` and
+``beta'`` are not regularised: they are shared by all items and their number does not
+grow with the data (the paper gives them a separate weight ``lambda_E``; its authors'
+follow-up work on visual ranking leaves them unregularised, i.e. ``lambda_E = 0``).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from pydantic import Field
+from torch import Tensor, nn
+
+from diffmm.data.dataset import Dataset
+from diffmm.errors import DataError
+from diffmm.models.base import Batch, ModelConfig, Recommender
+from diffmm.models.mf import bpr_loss, l2_on_batch
+
+
+class Config(ModelConfig):
+    """Hyper-parameters of VBPR."""
+
+    embedding_dim: int = Field(
+        64,
+        ge=2,
+        description="Total size K + K' of the user representation: K' = embedding_dim // 2 "
+        "content factors theta_u and K = embedding_dim - K' latent factors gamma_u.",
+    )
+    l2_weight: float = Field(
+        1e-4,
+        ge=0,
+        description="Weight of the L2 penalty on the batch's gamma_u, theta_u, gamma_i and "
+        "beta_i, divided by the batch size (the paper's lambda_Theta).",
+    )
+
+
+def require_features(dataset: Dataset, model: str) -> None:
+    """Raise :class:`DataError` when ``dataset`` has no item features, naming ``model``."""
+    if not dataset.features:
+        raise DataError(
+            f"dataset {dataset.name!r} has no item features, and {model} needs at least one "
+            "modality (e.g. image_feat.npy). Train an ID-only model instead: "
+            "--model lightgcn or --model mf."
+        )
+
+
+def concatenated_features(dataset: Dataset, model: str) -> Tensor:
+    """All of ``dataset``'s feature matrices side by side: ``(n_items, sum of their dims)``."""
+    require_features(dataset, model)
+    return torch.from_numpy(np.concatenate(list(dataset.features.values()), axis=1))
+
+
+class VBPR(Recommender):
+    """VBPR over the concatenation of every item-feature matrix."""
+
+    name = "vbpr"
+    Config = Config
+
+    features: Tensor
+
+    def __init__(self, config: Config, dataset: Dataset) -> None:
+        super().__init__()
+        # derived from the data, so moved by .to() but not saved in the state dict
+        self.register_buffer("features", concatenated_features(dataset, "VBPR"), persistent=False)
+        self.config = config
+        self.n_users, self.n_items = dataset.n_users, dataset.n_items
+        content_dim = config.embedding_dim // 2
+        latent_dim = config.embedding_dim - content_dim
+        n_features = self.features.shape[1]
+        self.user_gamma = nn.Embedding(self.n_users, latent_dim)
+        self.user_theta = nn.Embedding(self.n_users, content_dim)
+        self.item_gamma = nn.Embedding(self.n_items, latent_dim)
+        self.item_bias = nn.Embedding(self.n_items, 1)
+        self.projection = nn.Linear(n_features, content_dim, bias=False)  # E
+        self.feature_bias = nn.Linear(n_features, 1, bias=False)  # beta'
+        # Xavier-uniform factors as in MMRec's VBPR; biases start at zero
+        for table in (self.user_gamma, self.user_theta, self.item_gamma):
+            nn.init.xavier_uniform_(table.weight)
+        nn.init.xavier_normal_(self.projection.weight)
+        nn.init.zeros_(self.item_bias.weight)
+        nn.init.zeros_(self.feature_bias.weight)
+
+    def user_repr(self, users: Tensor | None = None) -> Tensor:
+        """``[gamma_u, theta_u, 1]`` for each of ``users`` (every user when None)."""
+        if users is None:
+            gamma, theta = self.user_gamma.weight, self.user_theta.weight
+        else:
+            gamma, theta = self.user_gamma(users), self.user_theta(users)
+        return torch.cat([gamma, theta, torch.ones_like(gamma[:, :1])], 1)
+
+    def item_repr(self, items: Tensor | None = None) -> Tensor:
+        """``[gamma_i, E f_i, beta_i + beta' . f_i]`` for each of ``items`` (all when None)."""
+        if items is None:
+            gamma, beta, feats = self.item_gamma.weight, self.item_bias.weight, self.features
+        else:
+            gamma, beta, feats = self.item_gamma(items), self.item_bias(items), self.features[items]
+        return torch.cat([gamma, self.projection(feats), beta + self.feature_bias(feats)], 1)
+
+    def embeddings(self) -> tuple[Tensor, Tensor]:
+        return self.user_repr(), self.item_repr()
+
+    def loss(self, batch: Batch) -> dict[str, Tensor]:
+        u = self.user_repr(batch.users)
+        pos = (u * self.item_repr(batch.pos_items)).sum(-1)
+        neg = (u * self.item_repr(batch.neg_items)).sum(-1)
+        l2 = l2_on_batch(
+            self.user_gamma(batch.users),
+            self.user_theta(batch.users),
+            self.item_gamma(batch.pos_items),
+            self.item_gamma(batch.neg_items),
+            self.item_bias(batch.pos_items),
+            self.item_bias(batch.neg_items),
+        )
+        return {"bpr": bpr_loss(pos, neg), "l2": self.config.l2_weight * l2}
+
+
+__all__ = ["VBPR", "Config", "concatenated_features", "require_features"]
