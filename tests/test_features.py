@@ -47,11 +47,8 @@ def test_multihot_features_are_written_and_loaded_in_the_datasets_item_order(tab
 def test_features_that_miss_items_or_clash_are_refused(tables, tmp_path):
     items, inter = tables
     out = tmp_path / "feats"
-    np.savez(
-        out.mkdir() or out / "text.features.npz",
-        item_ids=np.array(["m1"]),
-        features=np.ones((1, 2)),
-    )
+    out.mkdir()
+    np.savez(out / "text.features.npz", item_ids=np.array(["m1"]), features=np.ones((1, 2)))
     with pytest.raises(DataError, match="2 of 3 items .* have no feature row"):
         load_dataset(inter, features=out)
     with pytest.raises(DataError, match="no such folder"):

@@ -179,6 +179,52 @@ def normalized_knn_values(values: Tensor, columns: Tensor) -> Tensor:
     return values * inv_sqrt[:, None] * inv_sqrt[columns]
 
 
+class _ValuesMM(torch.autograd.Function):
+    """``A @ x`` for ``A`` given by COO ``(indices, values)``, differentiable in both.
+
+    ``torch.sparse.mm``'s gradient with respect to a sparse operand first forms the dense
+    ``grad @ x.T`` (``n x n``) and then masks it; here the gradient of each stored value
+    is computed on the stored entries only, ``CHUNK`` entries at a time.
+    """
+
+    CHUNK = 1 << 16
+
+    @staticmethod
+    def forward(ctx, indices: Tensor, values: Tensor, x: Tensor, n_rows: int) -> Tensor:  # type: ignore[override]
+        ctx.save_for_backward(indices, values, x)
+        ctx.n_rows = n_rows
+        a = torch.sparse_coo_tensor(indices, values, (n_rows, x.shape[0]), check_invariants=False)
+        return torch.sparse.mm(a, x)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> tuple[None, Tensor | None, Tensor | None, None]:  # type: ignore[override]
+        indices, values, x = ctx.saved_tensors
+        grad_values = grad_x = None
+        if ctx.needs_input_grad[1]:  # d out[r] / d A[r, c] = x[c]
+            grad_values = torch.cat(
+                [
+                    (grad[r] * x[c]).sum(1)
+                    for r, c in zip(
+                        indices[0].split(_ValuesMM.CHUNK),
+                        indices[1].split(_ValuesMM.CHUNK),
+                        strict=True,
+                    )
+                ]
+            )
+        if ctx.needs_input_grad[2]:  # A^T @ grad
+            a_t = torch.sparse_coo_tensor(
+                indices.flip(0), values, (x.shape[0], ctx.n_rows), check_invariants=False
+            )
+            grad_x = torch.sparse.mm(a_t, grad)
+        return None, grad_values, grad_x, None
+
+
+def values_mm(indices: Tensor, values: Tensor, x: Tensor) -> Tensor:
+    """``A @ x`` for the square sparse ``A`` with COO ``indices`` and differentiable ``values``
+    (repeated entries add up), never forming a dense ``n x n`` matrix, not even in backward."""
+    return _ValuesMM.apply(indices, values, x, x.shape[0])
+
+
 def csr_entries(adj: Tensor) -> tuple[Tensor, Tensor]:
     """``(indices (2, nnz), values)`` of a sparse CSR matrix."""
     crow = adj.crow_indices()
@@ -249,10 +295,10 @@ class LATTICE(Recommender):
         }
 
     # ----------------------------------------------------------------- item graph
-    def item_graph(self) -> Tensor:
-        """``A = Σ_m α_m ((1 - λ) Â_m + λ S_m)`` as an uncoalesced sparse COO tensor.
+    def item_graph_entries(self) -> tuple[Tensor, Tensor]:
+        """COO ``(indices, values)`` of ``A = Σ_m α_m ((1 - λ) Â_m + λ S_m)``, uncoalesced.
 
-        Its values are differentiable with respect to the transforms, the raw features
+        The values are differentiable with respect to the transforms, the raw features
         (when trained) and ``modality_logits``.
         """
         cfg, n = self.config, self.n_items
@@ -268,46 +314,51 @@ class LATTICE(Recommender):
             orig_idx, orig_val = csr_entries(self.original_graph(m))
             indices.append(orig_idx)
             values.append(lam * alpha[m] * orig_val)
-        return torch.sparse_coo_tensor(
-            torch.cat(indices, 1), torch.cat(values), (n, n), check_invariants=False
-        )
+        return torch.cat(indices, 1), torch.cat(values)
 
-    def _cache(self, graph: Tensor) -> tuple[Tensor, Tensor]:
-        csr = graph.detach().coalesce().to_sparse_csr()
+    def item_graph(self) -> Tensor:
+        """``A`` as a coalesced sparse COO tensor (values differentiable)."""
+        indices, values = self.item_graph_entries()
+        n = self.n_items
+        return torch.sparse_coo_tensor(indices, values, (n, n), check_invariants=False).coalesce()
+
+    def _cache(self, indices: Tensor, values: Tensor) -> None:
+        n = self.n_items
+        coo = torch.sparse_coo_tensor(indices, values.detach(), (n, n), check_invariants=False)
+        csr = coo.coalesce().to_sparse_csr()
         self._cached_graph = (csr, transpose_csr(csr))
-        return self._cached_graph
 
-    def _item_convolution(self, graph: Tensor | None) -> Tensor:
-        """``H = A^L E_I`` with ``graph`` (COO, differentiable) or the cached CSR graph."""
+    def _item_convolution(self, entries: tuple[Tensor, Tensor] | None) -> Tensor:
+        """``H = A^L E_I`` with fresh differentiable ``entries`` or the cached CSR graph."""
         h = self.item_embedding.weight
         for _ in range(self.config.item_graph_layers):
-            if graph is not None:
-                h = torch.sparse.mm(graph, h)
+            if entries is not None:
+                h = values_mm(*entries, h)
             else:
                 csr, csr_t = self._cached_graph  # type: ignore[misc]
                 h = spmm(csr, h, transpose=csr_t)
         return h
 
     # ----------------------------------------------------------------- forward
-    def _represent(self, graph: Tensor | None) -> tuple[Tensor, Tensor]:
+    def _represent(self, entries: tuple[Tensor, Tensor] | None) -> tuple[Tensor, Tensor]:
         ego = torch.cat([self.user_embedding.weight, self.item_embedding.weight])
         out = propagate(self.adj, ego, self.config.user_item_layers)
         users, items = out[: self.n_users], out[self.n_users :]
-        h = self._item_convolution(graph)
+        h = self._item_convolution(entries)
         return users, items + F.normalize(h, dim=1)
 
     def embeddings(self) -> tuple[Tensor, Tensor]:
         """Final representations, with the item graph rebuilt from the current parameters."""
-        return self._represent(self.item_graph())
+        return self._represent(self.item_graph_entries())
 
     def loss(self, batch: Batch) -> dict[str, Tensor]:
-        graph = None
+        entries = None
         if self.config.rebuild_every_batch:
-            graph = self.item_graph()
+            entries = self.item_graph_entries()
         elif self._cached_graph is None:  # first batch of the epoch (authors' code)
-            graph = self.item_graph()
-            self._cache(graph)
-        users, items = self._represent(graph)
+            entries = self.item_graph_entries()
+            self._cache(*entries)
+        users, items = self._represent(entries)
         u, p, n = users[batch.users], items[batch.pos_items], items[batch.neg_items]
         pos = (u * p).sum(-1)
         neg = (u * n).sum(-1)
@@ -323,6 +374,7 @@ __all__ = [
     "csr_entries",
     "knn_similarities",
     "normalized_knn_values",
+    "values_mm",
     "register_features",
     "require_features",
 ]
