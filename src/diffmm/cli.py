@@ -24,6 +24,9 @@ DATA_HELP = (
     "user,item[,split] pairs, or 'synthetic' (built-in; 'synthetic:n_users=2000' sets sizes)."
 )
 
+RUN_DIR = click.Path(exists=True, file_okay=False, path_type=Path)
+OUT_DIR = click.Path(file_okay=False, path_type=Path)
+
 
 def _user_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
     """Turn a DiffMMError into a one-line message and exit status 2."""
@@ -209,6 +212,106 @@ def _resume_inputs(
     return stored, data_ref.load(), data_ref
 
 
+@main.command()
+@click.option("--data", "data", required=True, help=DATA_HELP)
+@click.option(
+    "--models", required=True, help="Comma-separated model names, e.g. diffmm,lightgcn,vbpr."
+)
+@click.option(
+    "--seeds", default="3", show_default=True, help="A count (3 = 421,422,423) or a list."
+)
+@click.option(
+    "--preset", default=None, help="Applied to the models that have a preset of that name."
+)
+@click.option(
+    "--set",
+    "overrides",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="train.KEY for all models, MODEL.KEY for one, KEY for those that have it.",
+)
+@click.option("--out", "out", required=True, type=OUT_DIR, help="Folder for runs, tables, plots.")
+@click.option("--split", default="random", help="How to split unsplit tables: random or loo.")
+@click.option("--split-seed", default=2024, show_default=True, help="Seed of the split.")
+@click.option(
+    "--features",
+    type=click.Path(exists=True, file_okay=False),
+    default=None,
+    help="Folder of extra <modality>.features.* files keyed by item id.",
+)
+@click.option("--no-plots", is_flag=True, help="Skip the PNG plots.")
+@_user_errors
+def benchmark(
+    data: str,
+    models: str,
+    seeds: str,
+    preset: str | None,
+    overrides: tuple[str, ...],
+    out: Path,
+    split: str,
+    split_seed: int,
+    features: str | None,
+    no_plots: bool,
+) -> None:
+    """Train several models over seeds; write a Markdown/CSV table, plots, a sparsity study."""
+    from diffmm.errors import ConfigError
+    from diffmm.experiments import BenchmarkSpec, markdown_table, run_benchmark
+
+    try:
+        seed_list = (
+            [421 + i for i in range(int(seeds))]
+            if "," not in seeds
+            else [int(s) for s in seeds.split(",") if s.strip()]
+        )
+    except ValueError:
+        raise ConfigError(f"--seeds {seeds!r}: give a count (3) or a list (421,422)") from None
+    data_arg = data if data.startswith("synthetic") else str(Path(data).expanduser().resolve())
+    spec = BenchmarkSpec(
+        data=data_arg,
+        models=[m.strip() for m in models.split(",") if m.strip()],
+        seeds=seed_list,
+        preset=preset,
+        sets=list(overrides),
+        split=split,
+        split_seed=split_seed,
+        features=str(Path(features).resolve()) if features else None,
+    )
+    table = run_benchmark(
+        spec, out, log=lambda line: click.echo(line, err=True), plots=not no_plots
+    )
+    click.echo(markdown_table(table))
+    click.echo(f"\nwritten to {out}/results.md, results.csv", err=True)
+
+
+@main.group()
+def report() -> None:
+    """Reports over trained runs."""
+
+
+@report.command("sparsity")
+@click.argument("run_dirs", nargs=-1, required=True, type=RUN_DIR)
+@click.option("--out", "out", required=True, type=OUT_DIR, help="Folder for the table and plot.")
+@click.option("--groups", default="0,5,10,20", show_default=True, help="Group lower bounds.")
+@_user_errors
+def report_sparsity(run_dirs: tuple[Path, ...], out: Path, groups: str) -> None:
+    """Test metrics per group of users by number of training interactions (paper Fig. 2)."""
+    from diffmm.errors import ConfigError
+    from diffmm.experiments import sparsity_study, write_sparsity
+
+    try:
+        bounds = sorted({int(g) for g in groups.split(",")})
+    except ValueError:
+        raise ConfigError(f"--groups {groups!r}: give integers such as 0,5,10,20") from None
+    runs: dict[str, list[str]] = {}
+    for run_dir in run_dirs:
+        model = json.loads((run_dir / "config.json").read_text())["model"]
+        runs.setdefault(model, []).append(str(run_dir))
+    table = sparsity_study(runs, bounds)
+    out.mkdir(parents=True, exist_ok=True)
+    write_sparsity(table, out)
+    click.echo((out / "sparsity.md").read_text())
+
+
 @main.command("models")
 def list_models() -> None:
     """List the models --model accepts, with the paper each one implements."""
@@ -272,9 +375,6 @@ def features() -> None:
     """Compute item features from an item table (for --features DIR)."""
 
 
-OUT_DIR = click.Path(file_okay=False, path_type=Path)
-
-
 @features.command("text")
 @click.argument("items", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.option("--columns", required=True, help="Text columns, comma-separated (e.g. title,genres).")
@@ -313,7 +413,6 @@ def features_multihot(items: Path, column: str, sep: str, out: Path, modality: s
     click.echo(f"wrote {path} ({values.shape[0]} items x {values.shape[1]})", err=True)
 
 
-RUN_DIR = click.Path(exists=True, file_okay=False, path_type=Path)
 MOVED_DATA_HELP = "Where the run's data are now, if they moved since training."
 
 

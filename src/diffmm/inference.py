@@ -40,6 +40,7 @@ class TrainedRecommender:
             recommendations with ``exclude_seen``.
         user_ids, item_ids: raw id of each index (None: the ids are the indices).
         metadata: what :attr:`metadata` reports (model, data sizes, metrics, ...).
+        dataset: the data the model was trained on, if kept (for evaluation).
     """
 
     def __init__(
@@ -49,8 +50,10 @@ class TrainedRecommender:
         user_ids: np.ndarray | None,
         item_ids: np.ndarray | None,
         metadata: dict[str, Any],
+        dataset: Dataset | None = None,
     ) -> None:
         self.model = model.eval()
+        self.dataset = dataset
         self.device = model.device
         with torch.no_grad():
             self.user_emb, self.item_emb = (e.detach() for e in model.embeddings())
@@ -179,7 +182,7 @@ def load(run_dir: str | Path, data: str | None = None, device: str = "auto") -> 
     }
     seen = _seen(dataset)
     del best
-    return TrainedRecommender(model, seen, user_ids, item_ids, metadata)
+    return TrainedRecommender(model, seen, user_ids, item_ids, metadata, dataset)
 
 
 def _run_dataset(run_dir: Path, data: str | None, seed: int) -> Dataset:

@@ -76,7 +76,8 @@ def test_config_defaults_follow_the_authors():
     assert cfg.finetune_features
     assert all(f.description for f in FREEDOMConfig.model_fields.values())
     with pytest.raises(ValueError, match="feature_embedding_dim"):
-        FREEDOM(FREEDOMConfig(embedding_dim=8, feature_embedding_dim=4), tiny_dataset())
+        FREEDOMConfig(embedding_dim=8, feature_embedding_dim=4)
+    FREEDOMConfig(embedding_dim=8, feature_embedding_dim=4, modality_loss_weight=0.0)
 
 
 @pytest.mark.parametrize("n_modalities", [1, 2, 3])

@@ -13,7 +13,7 @@ from diffmm.data.synthetic import make_synthetic
 from diffmm.errors import DataError
 from diffmm.evaluate import evaluate
 from diffmm.models.base import Batch
-from diffmm.models.lattice import LATTICE, LATTICEConfig
+from diffmm.models.lattice import LATTICE, LATTICEConfig, values_mm
 from diffmm.sampling import bpr_epoch_batches
 from helpers import make_dataset, popularity_recall
 
@@ -122,6 +122,20 @@ def test_item_graph_and_representations_match_the_dense_formula():
         users, items = model.embeddings()
         torch.testing.assert_close(users, lgcn[:30])
         torch.testing.assert_close(items, lgcn[30:] + h)
+
+
+def test_values_mm_gradients_match_the_dense_product():
+    torch.manual_seed(0)
+    n, d = 7, 3
+    indices = torch.stack([torch.arange(n).repeat_interleave(3), torch.randint(0, n, (3 * n,))])
+    indices = torch.cat([indices, indices[:, :4]], 1)  # repeated entries add up
+    values = torch.rand(indices.shape[1], dtype=torch.float64, requires_grad=True)
+    x = torch.rand(n, d, dtype=torch.float64, requires_grad=True)
+    torch.autograd.gradcheck(values_mm, (indices, values, x))
+    dense = torch.zeros(n, n, dtype=torch.float64).index_put(
+        (indices[0], indices[1]), values, accumulate=True
+    )
+    torch.testing.assert_close(values_mm(indices, values, x), dense @ x)
 
 
 def test_graphs_are_sparse_never_dense_items_by_items():

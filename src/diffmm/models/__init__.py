@@ -13,6 +13,8 @@ _REGISTRY = {
     "vbpr": "diffmm.models.vbpr:VBPR",
     "lightgcn_m": "diffmm.models.lightgcn_m:LightGCNM",
     "bm3": "diffmm.models.bm3:BM3",
+    "lattice": "diffmm.models.lattice:LATTICE",
+    "freedom": "diffmm.models.freedom:FREEDOM",
 }
 
 

@@ -52,7 +52,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from pydantic import Field
+from pydantic import Field, model_validator
 from torch import Tensor, nn
 
 from diffmm.data.dataset import Dataset
@@ -120,6 +120,16 @@ class FREEDOMConfig(ModelConfig):
         "code does (freeze=False).",
     )
 
+    @model_validator(mode="after")
+    def _projection_matches_embedding(self) -> FREEDOMConfig:
+        if self.modality_loss_weight > 0 and self.feature_embedding_dim != self.embedding_dim:
+            raise ValueError(
+                "FREEDOM scores projected features against user representations: "
+                f"feature_embedding_dim ({self.feature_embedding_dim}) must equal "
+                f"embedding_dim ({self.embedding_dim})"
+            )
+        return self
+
 
 def modality_graph_weights(n_modalities: int, first_weight: float) -> list[float]:
     """``β``: ``first_weight`` for the first modality, the rest of 1 split equally."""
@@ -170,12 +180,6 @@ class FREEDOM(Recommender):
     def __init__(self, config: FREEDOMConfig, dataset: Dataset) -> None:
         super().__init__()
         require_features(dataset, "FREEDOM")
-        if config.modality_loss_weight > 0 and config.feature_embedding_dim != config.embedding_dim:
-            raise ValueError(
-                "FREEDOM scores projected features against user representations: "
-                f"feature_embedding_dim ({config.feature_embedding_dim}) must equal "
-                f"embedding_dim ({config.embedding_dim})"
-            )
         self.config = config
         self.n_users, self.n_items = dataset.n_users, dataset.n_items
         self.modalities = list(dataset.features)

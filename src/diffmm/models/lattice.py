@@ -45,7 +45,10 @@ always rebuilds it. ``rebuild_every_batch=True`` gives the paper's per-batch for
 
 Sparsity. Similarities are computed ``1024`` items at a time and only the top ``k`` per
 row are kept, so no dense ``n_items x n_items`` matrix is ever built; ``A`` is a sparse
-COO tensor with at most ``2 k n_items`` entries per modality (learned plus original).
+COO matrix with at most ``2 k n_items`` entries per modality (learned plus original).
+Its product with the embeddings (:func:`values_mm`) computes the gradient of each kept
+value on the stored entries only: ``torch.sparse.mm`` would form a dense ``n x n``
+gradient for a sparse operand whose values require grad.
 
 Departures from the authors' code (deliberate, small):
 
