@@ -26,6 +26,7 @@ DATA_HELP = (
 
 RUN_DIR = click.Path(exists=True, file_okay=False, path_type=Path)
 OUT_DIR = click.Path(file_okay=False, path_type=Path)
+MOVED_DATA_HELP = "Where the run's data are now, if they moved since training."
 
 
 def _user_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -254,17 +255,9 @@ def benchmark(
     no_plots: bool,
 ) -> None:
     """Train several models over seeds; write a Markdown/CSV table, plots, a sparsity study."""
-    from diffmm.errors import ConfigError
     from diffmm.experiments import BenchmarkSpec, markdown_table, run_benchmark
 
-    try:
-        seed_list = (
-            [421 + i for i in range(int(seeds))]
-            if "," not in seeds
-            else [int(s) for s in seeds.split(",") if s.strip()]
-        )
-    except ValueError:
-        raise ConfigError(f"--seeds {seeds!r}: give a count (3) or a list (421,422)") from None
+    seed_list = _seed_list(seeds)
     data_arg = data if data.startswith("synthetic") else str(Path(data).expanduser().resolve())
     spec = BenchmarkSpec(
         data=data_arg,
@@ -281,6 +274,100 @@ def benchmark(
     )
     click.echo(markdown_table(table))
     click.echo(f"\nwritten to {out}/results.md, results.csv", err=True)
+
+
+@main.command()
+@click.option("--data", "data", required=True, help=DATA_HELP)
+@click.option("--model", "model", required=True, help="The model to sweep.")
+@click.option(
+    "--grid",
+    "grid",
+    multiple=True,
+    required=True,
+    metavar="KEY=V1,V2",
+    help="Values of one setting (repeatable); the authors' flag names work too (ssl_reg, temp).",
+)
+@click.option("--seeds", default="1", show_default=True, help="A count (1 = 421) or a list.")
+@click.option("--preset", default=None, help="Named settings the grid starts from.")
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Fixed settings.")
+@click.option("--out", "out", required=True, type=OUT_DIR, help="Folder for runs, table, plot.")
+@click.option("--split", default="random", help="How to split unsplit tables: random or loo.")
+@click.option("--split-seed", default=2024, show_default=True, help="Seed of the split.")
+@click.option("--features", type=click.Path(exists=True, file_okay=False), default=None)
+@_user_errors
+def sweep(
+    data: str,
+    model: str,
+    grid: tuple[str, ...],
+    seeds: str,
+    preset: str | None,
+    overrides: tuple[str, ...],
+    out: Path,
+    split: str,
+    split_seed: int,
+    features: str | None,
+) -> None:
+    """Train a model over a grid of settings; choose on validation, report test too."""
+    from diffmm.experiments import BenchmarkSpec, parse_grid, run_sweep
+
+    spec = BenchmarkSpec(
+        data=data if data.startswith("synthetic") else str(Path(data).expanduser().resolve()),
+        models=[model],
+        seeds=_seed_list(seeds),
+        preset=preset,
+        sets=list(overrides),
+        split=split,
+        split_seed=split_seed,
+        features=str(Path(features).resolve()) if features else None,
+    )
+    spec.validate()
+    run_sweep(spec, parse_grid(grid), out, log=lambda line: click.echo(line, err=True))
+    click.echo((out / "sweep.md").read_text())
+
+
+def _seed_list(seeds: str) -> list[int]:
+    from diffmm.errors import ConfigError
+
+    try:
+        if "," in seeds:
+            return [int(s) for s in seeds.split(",") if s.strip()]
+        return [421 + i for i in range(int(seeds))]
+    except ValueError:
+        raise ConfigError(f"--seeds {seeds!r}: give a count (3) or a list (421,422)") from None
+
+
+@main.command()
+@click.argument("run_dir", type=RUN_DIR)
+@click.option("--user", "users", multiple=True, help="Raw user id (repeatable).")
+@click.option("--sample", default=0, help="Also explain this many users drawn at random.")
+@click.option("--top", default=10, show_default=True, help="Denoised items shown per modality.")
+@click.option("--out", "out", type=OUT_DIR, default=None, help="Folder for the PNGs and table.")
+@click.option("--data", default=None, help=MOVED_DATA_HELP)
+@_user_errors
+def explain(
+    run_dir: Path, users: tuple[str, ...], sample: int, top: int, out: Path | None, data: str | None
+) -> None:
+    """What DiffMM's diffusion adds to users' modality graphs, with feature similarities."""
+    from diffmm.errors import ConfigError
+    from diffmm.explain import explain_user, format_explanation, plot_explanation, sample_users
+    from diffmm.inference import load
+    from diffmm.utils import atomic_write_bytes
+
+    rec = load(run_dir, data=data, device="cpu")
+    chosen: list = list(users) + (sample_users(rec, sample) if sample else [])
+    if not chosen:
+        raise ConfigError("name a user with --user ID, or --sample N users")
+    parts = []
+    for user in chosen:
+        exp = explain_user(rec, user, top)
+        parts.append(format_explanation(exp))
+        if out is not None:
+            plot_explanation(exp, out / f"explain_user_{exp['user']}.png")
+            parts.append(f"\n![user {exp['user']}](explain_user_{exp['user']}.png)")
+    text = "\n\n".join(parts) + "\n"
+    if out is not None:
+        atomic_write_bytes(out / "explain.md", text.encode())
+    click.echo(text)
 
 
 @main.group()
@@ -411,9 +498,6 @@ def features_multihot(items: Path, column: str, sep: str, out: Path, modality: s
     values = multi_hot_features(df, items, column, sep)
     path = write_features(out, modality, df[id_col].to_numpy(), values)
     click.echo(f"wrote {path} ({values.shape[0]} items x {values.shape[1]})", err=True)
-
-
-MOVED_DATA_HELP = "Where the run's data are now, if they moved since training."
 
 
 @main.command()

@@ -1,0 +1,108 @@
+"""The experiment runner, sweeps, the sparsity study and DiffMM explanations, end to end."""
+
+from __future__ import annotations
+
+import json
+
+import pandas as pd
+import pytest
+from click.testing import CliRunner
+
+import diffmm
+from diffmm.checkpoint import DataRef
+from diffmm.cli import main
+from diffmm.config import resolve_config
+from diffmm.errors import ConfigError
+from diffmm.experiments import BenchmarkSpec, parse_grid, sparsity_study
+from diffmm.train import train
+
+pytest.importorskip("matplotlib", reason="reports need the [report] extra")
+DATA = "synthetic:n_users=120,n_items=90,interactions_per_user=12"
+PNG = b"\x89PNG\r\n\x1a\n"
+
+
+def invoke(*args: str):
+    return CliRunner().invoke(main, list(args))
+
+
+def test_benchmark_writes_table_csv_plots_and_reuses_finished_runs(tmp_path):
+    args = [
+        "benchmark", "--data", DATA, "--models", "mf,lightgcn", "--seeds", "2",
+        "--set", "train.epochs=2", "--set", "lightgcn.n_layers=1", "--out", str(tmp_path),
+    ]  # fmt: skip
+    result = invoke(*args)
+    assert result.exit_code == 0, result.output
+    table = pd.read_csv(tmp_path / "results.csv")
+    assert table["model"].tolist() == ["mf", "lightgcn"] and (table["seeds"] == 2).all()
+    runs = pd.read_csv(tmp_path / "runs.csv")
+    for model in ("mf", "lightgcn"):
+        recall = runs.loc[runs["model"] == model, "recall@20"]
+        row = table[table["model"] == model].iloc[0]
+        assert row["recall@20"] == pytest.approx(recall.mean())
+        assert row["recall@20_std"] == pytest.approx(recall.std(ddof=1))
+    config = json.loads((tmp_path / "runs/lightgcn-seed422/config.json").read_text())
+    assert config["lightgcn"]["n_layers"] == 1 and config["train"]["seed"] == 422
+    assert json.loads((tmp_path / "runs/mf-seed421/config.json").read_text())["model"] == "mf"
+    for png in ("valid_recall.png", "test_recall.png", "sparsity.png"):
+        assert (tmp_path / png).read_bytes().startswith(PNG)
+    assert "| lightgcn | 2 |" in (tmp_path / "results.md").read_text()
+    before = (tmp_path / "runs/mf-seed421/summary.json").stat().st_mtime_ns
+    again = invoke(*args)
+    assert again.exit_code == 0 and "reusing finished run" in again.output
+    assert (tmp_path / "runs/mf-seed421/summary.json").stat().st_mtime_ns == before
+
+
+def test_settings_are_scoped_per_model_and_bad_ones_refused():
+    spec = BenchmarkSpec(DATA, ["mf", "diffmm"], [421], sets=["cl_weight=0.5", "train.lr=0.01"])
+    assert spec.model_sets("mf") == ["train.lr=0.01"]
+    assert spec.model_sets("diffmm") == ["cl_weight=0.5", "train.lr=0.01"]
+    with pytest.raises(ConfigError, match="no model here has a setting 'nope'"):
+        BenchmarkSpec(DATA, ["mf"], [421], sets=["nope=1"]).validate()
+    with pytest.raises(ConfigError, match="unknown model"):
+        BenchmarkSpec(DATA, ["mf", "nomodel"], [421]).validate()
+
+
+def test_sweep_selects_on_validation_and_maps_the_authors_flag_names(tmp_path):
+    assert parse_grid(["ssl_reg=0.1,1", "temp=0.5"]) == {
+        "cl_weight": ["0.1", "1"],
+        "temperature": ["0.5"],
+    }
+    result = invoke(
+        "sweep", "--data", DATA, "--model", "lightgcn", "--grid", "n_layers=0,2",
+        "--set", "train.epochs=2", "--out", str(tmp_path),
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    table = pd.read_csv(tmp_path / "sweep.csv", keep_default_na=False)
+    chosen = table[table["selected"] == "*"]
+    assert len(chosen) == 1
+    assert chosen["valid_recall@20"].iloc[0] == table["valid_recall@20"].max()
+    assert (tmp_path / "sweep.png").read_bytes().startswith(PNG)
+
+
+@pytest.fixture(scope="module")
+def diffmm_run(tmp_path_factory):
+    run_dir = tmp_path_factory.mktemp("explain") / "diffmm"
+    config = resolve_config(
+        "diffmm", overrides=["train.epochs=2", "train.progress=false", "denoiser_hidden_dims=[32]"]
+    )
+    ref = DataRef.of(DATA, "random", 2024)
+    train(config, ref.load(), run_dir, log=lambda _: None, data_ref=ref)
+    return run_dir
+
+
+def test_sparsity_groups_partition_the_evaluated_users(diffmm_run):
+    table = sparsity_study({"diffmm": [str(diffmm_run)]}, bounds=(0, 8, 12))
+    rec = diffmm.load(diffmm_run)
+    n_test_users = int((rec.dataset.test.getnnz(axis=1) > 0).sum())
+    assert table["users"].sum() == n_test_users
+    assert set(table["group"]) <= {"0-8", "8-12", "12+"}
+
+
+def test_explain_lists_denoised_items_with_feature_similarities(diffmm_run, tmp_path):
+    result = invoke("explain", str(diffmm_run), "--user", "3", "--top", "4", "--out", str(tmp_path))
+    assert result.exit_code == 0, result.output
+    assert "## User 3" in result.output and "### visual" in result.output
+    assert result.output.count("| 4 |") == 2  # four rows per modality, two modalities
+    assert (tmp_path / "explain_user_3.png").read_bytes().startswith(PNG)
+    wrong = invoke("explain", str(diffmm_run), "--user", "nobody")
+    assert wrong.exit_code == 2 and "nobody" in wrong.output
