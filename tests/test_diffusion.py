@@ -87,9 +87,12 @@ def test_timestep_embedding_shape_and_values():
 def test_denoiser_shapes_init_and_dropout_only_in_training():
     torch.manual_seed(0)
     net = Denoiser(50, [20], step_embedding_dim=10, input_dropout=0.5)
-    assert net.layers[0].in_features == 60 and net.layers[-1].out_features == 50
-    std = net.layers[0].weight.std().item()
-    assert std == pytest.approx(math.sqrt(2 / (60 + 20)), rel=0.1)
+    assert net.input_weight.shape == (20, 50) and net.step_weight.shape == (20, 10)
+    assert net.layers[-1].out_features == 50
+    first = torch.cat([net.input_weight, net.step_weight], dim=1)  # the authors' Linear(60, 20)
+    assert first.std().item() == pytest.approx(math.sqrt(2 / (60 + 20)), rel=0.1)
+    with pytest.raises(ValueError, match="hidden layer"):
+        Denoiser(50, [])
     x, t = torch.rand(4, 50), torch.tensor([0, 1, 2, 3])
     net.eval()
     torch.testing.assert_close(net(x, t), net(x, t))

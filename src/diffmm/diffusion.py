@@ -61,9 +61,13 @@ def timestep_embedding(t: Tensor, dim: int) -> Tensor:
 class Denoiser(nn.Module):
     """The x0-predicting MLP x̂θ(x_t, t) of §2.2.2.
 
-    ``[dropout(x_t); Linear(emb(t))] -> Linear -> tanh -> ... -> Linear(n_items)``, with
-    the authors' initialisation (weights ~ N(0, sqrt(2 / (fan_in + fan_out))), biases
-    ~ N(0, 0.001)). Dropout on the input is active in training mode only.
+    ``tanh(W_x dropout(x_t) + W_e Linear(emb(t)) + b) -> [Linear -> tanh]* -> Linear``:
+    the authors' first layer ``Linear(cat([x_t, emb]))`` with its weight kept as two
+    blocks, ``W_x`` (``input_weight``, hidden x n_items) and ``W_e`` (``step_weight``), so
+    that the row product needs no copy or slice of a larger weight. Initialisation as in
+    the authors' code: weights ~ N(0, sqrt(2 / (fan_in + fan_out))) (for the first layer,
+    fan_in = n_items + step_embedding_dim), biases ~ N(0, 0.001). Dropout on the input is
+    active in training mode only.
 
     Args:
         n_items: length of an interaction row.
@@ -80,10 +84,17 @@ class Denoiser(nn.Module):
         input_dropout: float = 0.5,
     ) -> None:
         super().__init__()
+        if not hidden_dims:
+            raise ValueError("the denoiser needs at least one hidden layer")
         self.step_embedding_dim = step_embedding_dim
         self.input_dropout = input_dropout
         self.step_layer = nn.Linear(step_embedding_dim, step_embedding_dim)
-        widths = [n_items + step_embedding_dim, *hidden_dims, n_items]
+        first = hidden_dims[0]
+        std = math.sqrt(2.0 / (n_items + step_embedding_dim + first))
+        self.input_weight = nn.Parameter(torch.empty(first, n_items).normal_(0.0, std))
+        self.step_weight = nn.Parameter(torch.empty(first, step_embedding_dim).normal_(0.0, std))
+        self.input_bias = nn.Parameter(torch.empty(first).normal_(0.0, 0.001))
+        widths = [*hidden_dims, n_items]
         self.layers = nn.ModuleList(
             nn.Linear(a, b) for a, b in zip(widths[:-1], widths[1:], strict=True)
         )
@@ -98,34 +109,31 @@ class Denoiser(nn.Module):
     def project_input(self, x_t: Tensor) -> Tensor:
         """The first layer's product with the row, ``x_t W_x^T`` (no bias, no embedding).
 
-        ``first(cat([x, emb]))`` is computed as two products: no copy of ``x``, and no
-        gradient with respect to ``x`` (a full-size product) when only the embedding
-        needs one. A sparse CSR ``x_t`` (a clean binary row at inference) uses a sparse
-        product.
+        Only the embedding part needs a gradient with respect to its input, so the
+        full-size gradient with respect to ``x_t`` is never formed. A sparse CSR ``x_t``
+        (a clean binary row at inference) uses a sparse product.
         """
-        w_x = self.layers[0].weight[:, : x_t.shape[1]]
         if x_t.layout == torch.sparse_csr:
             if self.training:
                 raise ValueError("sparse input is for inference (eval mode) only")
-            return torch.sparse.mm(x_t, w_x.T.contiguous())
-        return F.linear(F.dropout(x_t, self.input_dropout, self.training), w_x)
+            return torch.sparse.mm(x_t, self.input_weight.T.contiguous())
+        return F.linear(F.dropout(x_t, self.input_dropout, self.training), self.input_weight)
 
     def hidden(self, projected: Tensor, t: Tensor) -> Tensor:
         """The last hidden layer's output, given :meth:`project_input` of the row."""
-        first = self.layers[0]
-        w_emb = first.weight[:, first.in_features - self.step_embedding_dim :]
-        emb = timestep_embedding(t, self.step_embedding_dim).to(w_emb.dtype)
-        h = torch.tanh(projected + F.linear(self.step_layer(emb), w_emb, first.bias))
-        for layer in self.layers[1:-1]:
+        emb = timestep_embedding(t, self.step_embedding_dim).to(self.step_weight.dtype)
+        h = torch.tanh(
+            projected + F.linear(self.step_layer(emb), self.step_weight, self.input_bias)
+        )
+        for layer in self.layers[:-1]:
             h = torch.tanh(layer(h))
         return h
 
     def output_to_input(self) -> tuple[Tensor, Tensor]:
         """``(M, v)`` with ``project_input(head(h)) = h M + v``: the linear output layer
         composed with the first layer's row product (both linear, so they compose)."""
-        first, head = self.layers[0], self.layers[-1]
-        w_x = first.weight[:, : head.out_features]
-        return (w_x @ head.weight).T, w_x @ head.bias
+        head = self.layers[-1]
+        return (self.input_weight @ head.weight).T, self.input_weight @ head.bias
 
 
 class GaussianDiffusion(nn.Module):

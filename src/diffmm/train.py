@@ -57,6 +57,7 @@ from diffmm.utils import (
     atomic_write_bytes,
     atomic_write_json,
     peak_rss_mb,
+    release_free_memory,
     resolve_device,
     seed_everything,
     to_json,
@@ -281,8 +282,10 @@ class Trainer:
             t0 = self._now()
             model.train()
             stats = model.begin_epoch(epoch) or {}
+            release_free_memory()
             t1 = self._now()
             losses = self._train_epoch(epoch, optimizer)
+            release_free_memory()
             t2 = self._now()
 
             record: dict[str, Any] = {"epoch": epoch, "losses": losses}

@@ -137,10 +137,10 @@ def test_without_diffusion_graph_uses_random_training_subgraph_and_skips_denoise
     torch.manual_seed(0)
     ds = tiny_dataset(2)
     model = DiffMM(small_config(diffusion_graph_ratio=0.0, keep_rate=1.0), ds)
-    before = model.denoisers[0].layers[0].weight.clone()
+    before = model.denoisers[0].input_weight.clone()
     stats = model.begin_epoch(0)
     assert not any(k.startswith("elbo") for k in stats)
-    assert torch.equal(before, model.denoisers[0].layers[0].weight)
+    assert torch.equal(before, model.denoisers[0].input_weight)
     ui = model.modality_graphs[0].to_dense()[: ds.n_users, ds.n_users :] > 0
     train = torch.from_numpy(ds.train.toarray()) > 0
     assert (ui & ~train).sum() == 0  # only training edges

@@ -46,6 +46,7 @@ from diffmm.graph import (
 from diffmm.models.base import Batch, ModelConfig, Recommender
 from diffmm.models.mf import bpr_loss
 from diffmm.ops import matmul_cross_entropy
+from diffmm.utils import release_free_memory
 
 
 class DiffMMConfig(ModelConfig):
@@ -82,12 +83,20 @@ class DiffMMConfig(ModelConfig):
         0, ge=0, description="T', noising steps before denoising at inference [sampling_steps]."
     )
     denoiser_hidden_dims: list[int] = Field(
-        default_factory=lambda: [1000], description="Hidden widths of the denoiser [dims]."
+        default_factory=lambda: [1000],
+        min_length=1,
+        description="Hidden widths of the denoiser [dims].",
     )
     step_embedding_dim: int = Field(10, ge=1, description="Step embedding size [d_emb_size].")
     denoiser_dropout: float = Field(0.5, ge=0, lt=1, description="Dropout on x_t in training.")
     diffusion_lr: float = Field(1e-3, gt=0, description="Adam lr of each denoiser [lr].")
     diffusion_batch_size: int = Field(1024, ge=1, description="Users per diffusion step [batch].")
+    diffusion_chunk_size: int = Field(
+        256,
+        ge=1,
+        description="Users per forward/backward chunk within a diffusion step: bounds the "
+        "memory of the activations; the step's gradient is the whole batch's (not in the paper).",
+    )
     elbo_weighting: Literal["snr", "none"] = Field(
         "snr", description="ELBO weight SNR(t-1) - SNR(t) (authors' code) or none (eq. 13)."
     )
@@ -235,6 +244,7 @@ class DiffMM(Recommender):
         t0 = self._clock()
         if self.config.diffusion_graph_ratio > 0:
             stats.update(self.train_diffusion())
+            release_free_memory()
         t1 = self._clock()
         self.set_modality_graphs(self.generate_graphs())
         t2 = self._clock()
@@ -257,18 +267,20 @@ class DiffMM(Recommender):
         totals = torch.zeros(2, len(self.modalities))
         order = torch.randperm(self.n_users).to(self.user_emb.device)
         for users in order.split(cfg.diffusion_batch_size):
-            x0 = self._dense_rows(users)
-            id_signal = x0 @ item_emb
             for m, (denoiser, opt) in enumerate(
                 zip(self.denoisers, self.denoiser_optimizers, strict=True)
             ):
-                elbo, x0_hat = self.diffusion.training_loss(denoiser, x0, cfg.elbo_weighting)
-                msi = (x0_hat @ modal_emb[m] - id_signal).pow(2).mean(dim=1)
-                loss = elbo.mean() + cfg.msi_weight * msi.mean()
-                loss.backward()
+                # loss = mean over the batch of ELBO + λ0 MSI, accumulated chunk by chunk
+                sums = torch.zeros(2)
+                for chunk in users.split(cfg.diffusion_chunk_size):
+                    x0 = self._dense_rows(chunk)
+                    elbo, x0_hat = self.diffusion.training_loss(denoiser, x0, cfg.elbo_weighting)
+                    msi = (x0_hat @ modal_emb[m] - x0 @ item_emb).pow(2).mean(dim=1)
+                    ((elbo.sum() + cfg.msi_weight * msi.sum()) / len(users)).backward()
+                    sums += torch.stack([elbo.sum().detach(), msi.sum().detach()]).cpu()
                 opt.step()
                 opt.zero_grad(set_to_none=True)  # also frees the gradient memory
-                totals[:, m] += torch.stack([elbo.mean().detach(), msi.mean().detach()]).cpu()
+                totals[:, m] += sums / len(users)
         n_batches = -(-self.n_users // cfg.diffusion_batch_size)
         stats = {}
         for m, name in enumerate(self.modalities):
