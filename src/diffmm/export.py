@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 from typing import BinaryIO
 
@@ -46,7 +47,7 @@ def export_top_k(
             ) from None
     count = 0
 
-    def frames() -> object:
+    def frames() -> Iterator[pd.DataFrame]:
         nonlocal count
         bar = tqdm(
             total=rec.n_users, desc="export", unit="user", disable=None if progress else True
