@@ -76,6 +76,26 @@ def machine_info() -> dict[str, Any]:
     }
 
 
+def gemm_gflops(n: int = 2048, repeats: int = 7) -> float:
+    """This machine's float32 matrix-product rate now (median of ``repeats``), GFLOP/s.
+
+    Timings of the same code vary with the VM's state; this rate, measured in the same
+    run, is the baseline they can be read against.
+    """
+    import time
+
+    import torch
+
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    a @ b
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        a @ b
+        times.append(time.perf_counter() - start)
+    return 2 * n**3 / statistics.median(times) / 1e9
+
+
 def train_command(model: str, data: Path, run_dir: Path, preset: str | None, sets: list[str]):
     """The ``diffmm train`` command line of one run (what a user would type)."""
     data, run_dir = (os.path.relpath(p, REPO) for p in (data, run_dir))  # as typed in the repo

@@ -29,6 +29,7 @@ from typing import Any
 from common import (
     RESULTS,
     RUNS,
+    gemm_gflops,
     git_revision,
     machine_info,
     mean_std,
@@ -193,7 +194,14 @@ def write_reports(records: dict[str, dict[str, Any]]) -> None:
             + f" | {speed['peak_rss_mb']:.0f} |",
             "",
             f"Machine: {speed['machine']['cpu']}, {speed['machine']['cores']} cores, "
-            f"{speed['machine']['date']}.",
+            f"{speed['machine']['date']}."
+            + (
+                f" Its float32 GEMM rate just before the run: "
+                f"{speed['gemm_gflops_before_run']:.0f} GFLOP/s (2048x2048, median of 7); "
+                "the spec's floor of about 25 s per epoch assumes 175 GFLOP/s."
+                if speed.get("gemm_gflops_before_run")
+                else ""
+            ),
         ]
     lines += ["", "## Runs", ""]
     for key, r in sorted(records.items()):
@@ -265,8 +273,11 @@ def main() -> None:
         cmd = train_command("diffmm", data, run_dir, "tiktok", sets)
         print(f"running {variant}, seed {seed}: {' '.join(cmd)}", flush=True)
         revision = git_revision()  # the code the run starts with
+        gflops = gemm_gflops() if variant == SPEED else None
         result = run_training(cmd, run_dir)
         records[f"{variant}/seed{seed}"] = record_of(result, variant, seed, revision)
+        if gflops is not None:
+            records[f"{variant}/seed{seed}"]["gemm_gflops_before_run"] = gflops
         write_atomic(STATE, json.dumps(records, indent=2) + "\n")
         write_reports(records)
     if records:
