@@ -16,11 +16,26 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 from pydantic import BaseModel, ConfigDict
 from torch import Tensor, nn
+
+if TYPE_CHECKING:
+    from diffmm.data.dataset import Dataset
+
+
+def require_features(dataset: Dataset, model: str) -> None:
+    """Raise :class:`DataError` when ``dataset`` has no item features, naming ``model``."""
+    if not dataset.features:
+        from diffmm.errors import DataError
+
+        raise DataError(
+            f"dataset {dataset.name!r} has no item features, and {model} needs at least one "
+            "modality (e.g. image_feat.npy). Train an ID-only model instead: "
+            "--model lightgcn or --model mf."
+        )
 
 
 class ModelConfig(BaseModel):

@@ -50,9 +50,8 @@ from pydantic import Field
 from torch import Tensor, nn
 
 from diffmm.data.dataset import Dataset
-from diffmm.errors import DataError
 from diffmm.graph import normalized_adjacency
-from diffmm.models.base import Batch, ModelConfig, Recommender
+from diffmm.models.base import Batch, ModelConfig, Recommender, require_features
 from diffmm.models.lightgcn import propagate
 
 
@@ -107,12 +106,7 @@ class BM3(Recommender):
 
     def __init__(self, config: Config, dataset: Dataset) -> None:
         super().__init__()
-        if not dataset.features:
-            raise DataError(
-                f"dataset {dataset.name!r} has no item features, and BM3 needs at least one "
-                "modality (e.g. image_feat.npy). Train an ID-only model instead: "
-                "--model lightgcn or --model mf."
-            )
+        require_features(dataset, "BM3")
         self.config = config
         self.n_users, self.n_items = dataset.n_users, dataset.n_items
         self.modalities = list(dataset.features)

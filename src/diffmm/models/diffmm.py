@@ -34,7 +34,6 @@ from torch import Tensor, nn
 
 from diffmm.data.dataset import Dataset
 from diffmm.diffusion import Denoiser, GaussianDiffusion
-from diffmm.errors import DataError
 from diffmm.graph import (
     csr_tensor,
     edge_dropout,
@@ -43,7 +42,7 @@ from diffmm.graph import (
     topk_bipartite,
     transpose_csr,
 )
-from diffmm.models.base import Batch, ModelConfig, Recommender
+from diffmm.models.base import Batch, ModelConfig, Recommender, require_features
 from diffmm.models.mf import bpr_loss
 from diffmm.ops import matmul_cross_entropy
 from diffmm.utils import release_free_memory
@@ -120,12 +119,7 @@ class DiffMM(Recommender):
 
     def __init__(self, config: DiffMMConfig, dataset: Dataset) -> None:
         super().__init__()
-        if not dataset.features:
-            raise DataError(
-                f"dataset {dataset.name!r} has no item features, and DiffMM needs at least one "
-                "modality (e.g. image_feat.npy). Train an ID-only model instead: "
-                "--model lightgcn or --model mf."
-            )
+        require_features(dataset, "DiffMM")
         self.config = config
         self.n_users, self.n_items = dataset.n_users, dataset.n_items
         self.modalities = list(dataset.features)

@@ -63,8 +63,8 @@ from diffmm.graph import (
     topk_bipartite,
     transpose_csr,
 )
-from diffmm.models.base import Batch, ModelConfig, Recommender
-from diffmm.models.lattice import BLOCK_ROWS, register_features, require_features
+from diffmm.models.base import Batch, ModelConfig, Recommender, require_features
+from diffmm.models.lattice import BLOCK_ROWS, register_features
 from diffmm.models.lightgcn import propagate
 from diffmm.models.mf import bpr_loss, l2_on_batch
 

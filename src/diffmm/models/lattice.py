@@ -76,9 +76,8 @@ from pydantic import Field
 from torch import Tensor, nn
 
 from diffmm.data.dataset import Dataset
-from diffmm.errors import DataError
 from diffmm.graph import knn_item_graph, normalized_adjacency, spmm, transpose_csr
-from diffmm.models.base import Batch, ModelConfig, Recommender
+from diffmm.models.base import Batch, ModelConfig, Recommender, require_features
 from diffmm.models.lightgcn import propagate
 from diffmm.models.mf import bpr_loss, l2_on_batch
 
@@ -135,16 +134,6 @@ class LATTICEConfig(ModelConfig):
 
 
 # --------------------------------------------------------------------------- helpers
-def require_features(dataset: Dataset, model: str) -> None:
-    """Raise :class:`DataError` unless ``dataset`` has at least one feature matrix."""
-    if not dataset.features:
-        raise DataError(
-            f"dataset {dataset.name!r} has no item features, and {model} needs at least one "
-            "modality (e.g. image_feat.npy). Train an ID-only model instead: "
-            "--model lightgcn or --model mf."
-        )
-
-
 def register_features(module: nn.Module, dataset: Dataset, trainable: bool) -> None:
     """Store each feature matrix as ``features_{i}``: a parameter, or a derived buffer."""
     for i, feats in enumerate(dataset.features.values()):
@@ -379,5 +368,4 @@ __all__ = [
     "normalized_knn_values",
     "values_mm",
     "register_features",
-    "require_features",
 ]

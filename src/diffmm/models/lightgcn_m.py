@@ -30,11 +30,10 @@ from torch import Tensor, nn
 
 from diffmm.data.dataset import Dataset
 from diffmm.graph import normalized_adjacency
-from diffmm.models.base import Batch, Recommender
+from diffmm.models.base import Batch, Recommender, require_features
 from diffmm.models.lightgcn import Config as LightGCNConfig
 from diffmm.models.lightgcn import propagate
 from diffmm.models.mf import bpr_loss, l2_on_batch
-from diffmm.models.vbpr import require_features
 
 
 class Config(LightGCNConfig):

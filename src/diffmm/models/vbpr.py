@@ -44,8 +44,7 @@ from pydantic import Field
 from torch import Tensor, nn
 
 from diffmm.data.dataset import Dataset
-from diffmm.errors import DataError
-from diffmm.models.base import Batch, ModelConfig, Recommender
+from diffmm.models.base import Batch, ModelConfig, Recommender, require_features
 from diffmm.models.mf import bpr_loss, l2_on_batch
 
 
@@ -64,16 +63,6 @@ class Config(ModelConfig):
         description="Weight of the L2 penalty on the batch's gamma_u, theta_u, gamma_i and "
         "beta_i, divided by the batch size (the paper's lambda_Theta).",
     )
-
-
-def require_features(dataset: Dataset, model: str) -> None:
-    """Raise :class:`DataError` when ``dataset`` has no item features, naming ``model``."""
-    if not dataset.features:
-        raise DataError(
-            f"dataset {dataset.name!r} has no item features, and {model} needs at least one "
-            "modality (e.g. image_feat.npy). Train an ID-only model instead: "
-            "--model lightgcn or --model mf."
-        )
 
 
 def concatenated_features(dataset: Dataset, model: str) -> Tensor:
@@ -146,4 +135,4 @@ class VBPR(Recommender):
         return {"bpr": bpr_loss(pos, neg), "l2": self.config.l2_weight * l2}
 
 
-__all__ = ["VBPR", "Config", "concatenated_features", "require_features"]
+__all__ = ["VBPR", "Config", "concatenated_features"]
