@@ -338,32 +338,38 @@ class DiffMM(Recommender):
         return out
 
     def _forward(self, with_views: bool) -> tuple[Tensor, list[Tensor]]:
-        """Main view ``H̄`` (U+I rows) and, if asked, the modality views ``V_m`` (eq. 17)."""
+        """Main view ``H̄`` (U+I rows) and, if asked, the modality views ``V_m`` (eq. 17).
+
+        ``Z0 = Σ_m w_m Z_m`` is formed without the per-modality ``H`` and ``H'``: ``Â`` is
+        linear and the softmax weights sum to 1, so ``Σ_m w_m Â [E_U; f̄_m] =
+        Â [E_U; Σ_m w_m f̄_m]`` (and likewise for ``H'``): two products of width ``d``
+        instead of two of width ``M·d``, the same sums.
+        """
         if not self.modality_graphs:
             raise RuntimeError("DiffMM has no modality graphs yet: call begin_epoch() first")
         cfg, n_users, dim = self.config, self.n_users, self.config.embedding_dim
-        n_mod = len(self.modalities)
-        feats = [F.normalize(f) for f in self.aligned_features()]
-        ego = torch.cat([self.user_emb, self.item_emb])
-        user_feat = [torch.cat([self.user_emb, f]) for f in feats]
-        # All modalities in one product each: columns are blocks of width `dim`.
-        h = spmm(self.adj, torch.cat(user_feat, dim=1), symmetric=True)
-        h_user = h[:n_users].reshape(n_users, n_mod, dim)
-        h2_in = torch.cat([h_user, self.item_emb[:, None].expand(-1, n_mod, -1)])
-        h2 = spmm(self.adj, h2_in.reshape(-1, n_mod * dim), symmetric=True)
         weights = torch.softmax(self.modality_logits, dim=0)
-        z0 = 0
+        feats = [F.normalize(f) for f in self.aligned_features()]
+        fused_feat = sum(w * f for w, f in zip(weights, feats, strict=True))
+        h = spmm(self.adj, torch.cat([self.user_emb, fused_feat]), symmetric=True)
+        h_user = h.split([n_users, self.n_items])[0]  # split, not a slice: cheaper backward
+        h2 = spmm(self.adj, torch.cat([h_user, self.item_emb]), symmetric=True)
+        ego = torch.cat([self.user_emb, self.item_emb])
+        generated = 0
         views_in = []
         for m, (graph, graph_t) in enumerate(
             zip(self.modality_graphs, self._graph_transposes, strict=True)
         ):
-            block = slice(m * dim, (m + 1) * dim)
-            inputs = [ego, user_feat[m]] if with_views else [ego]
-            g = spmm(graph, torch.cat(inputs, dim=1), transpose=graph_t)
-            z_m = h[:, block] + h2[:, block] + cfg.generated_graph_weight * g[:, :dim]
-            z0 = z0 + weights[m] * z_m
-            if with_views:
-                views_in.append(g[:, dim:])
+            if with_views:  # A^m [E_U; E_I] and A^m [E_U; f̄_m] in one product
+                user_feat = torch.cat([self.user_emb, feats[m]])
+                g, view_in = spmm(
+                    graph, torch.cat([ego, user_feat], dim=1), transpose=graph_t
+                ).split(dim, dim=1)
+                views_in.append(view_in)
+            else:
+                g = spmm(graph, ego, transpose=graph_t)
+            generated = generated + weights[m] * g
+        z0 = h + h2 + cfg.generated_graph_weight * generated
         main = self._propagate_layers(z0) + cfg.residual_weight * F.normalize(z0)
         views: list[Tensor] = []
         if with_views:
@@ -372,13 +378,18 @@ class DiffMM(Recommender):
 
     def embeddings(self) -> tuple[Tensor, Tensor]:
         main, _ = self._forward(with_views=False)
-        return main[: self.n_users], main[self.n_users :]
+        return self._users_items(main)
+
+    def _users_items(self, rows: Tensor) -> tuple[Tensor, Tensor]:
+        """User rows and item rows of a (U+I)-row tensor (one split: one cheap backward)."""
+        users, items = rows.split([self.n_users, self.n_items])
+        return users, items
 
     # ----------------------------------------------------------------- training loss (§2.5)
     def loss(self, batch: Batch) -> dict[str, Tensor]:
-        cfg, n_users = self.config, self.n_users
+        cfg = self.config
         main, views = self._forward(with_views=cfg.cl_weight > 0)
-        users, items = main[:n_users], main[n_users:]
+        users, items = self._users_items(main)
         u = users[batch.users]
         pos = (u * items[batch.pos_items]).sum(-1)
         neg = (u * items[batch.neg_items]).sum(-1)
@@ -392,17 +403,21 @@ class DiffMM(Recommender):
 
     def _contrastive(self, main: Tensor, views: list[Tensor], batch: Batch) -> Tensor:
         """Cross-modal InfoNCE over the batch's users and positive items (eq. 18-19)."""
-        n_users, tau = self.n_users, self.config.temperature
+        tau = self.config.temperature
+        main_split = self._users_items(main)
+        view_splits = [self._users_items(v) for v in views]
         if self.config.cl_anchor == "main":
-            pairs = [(main, v) for v in views]
+            pairs = [(main_split, v) for v in view_splits]
         else:
             pairs = [
-                (views[a], views[b]) for a in range(len(views)) for b in range(a + 1, len(views))
+                (view_splits[a], view_splits[b])
+                for a in range(len(views))
+                for b in range(a + 1, len(views))
             ]
         total = main.new_zeros(())
-        for anchor, other in pairs:
-            total = total + info_nce(anchor[:n_users], other[:n_users], batch.users, tau)
-            total = total + info_nce(anchor[n_users:], other[n_users:], batch.pos_items, tau)
+        for (anchor_u, anchor_i), (other_u, other_i) in pairs:
+            total = total + info_nce(anchor_u, other_u, batch.users, tau)
+            total = total + info_nce(anchor_i, other_i, batch.pos_items, tau)
         return total
 
 
