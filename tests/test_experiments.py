@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -53,9 +54,14 @@ def test_benchmark_writes_table_csv_plots_and_reuses_finished_runs(tmp_path):
 
 
 def test_settings_are_scoped_per_model_and_bad_ones_refused():
-    spec = BenchmarkSpec(DATA, ["mf", "diffmm"], [421], sets=["cl_weight=0.5", "train.lr=0.01"])
-    assert spec.model_sets("mf") == ["train.lr=0.01"]
-    assert spec.model_sets("diffmm") == ["cl_weight=0.5", "train.lr=0.01"]
+    sets = ["cl_weight=0.5", "train.lr=0.01", "diffmm.train.epochs=3", "mf.l2_weight=0.1"]
+    spec = BenchmarkSpec(DATA, ["mf", "diffmm"], [421], sets=sets)
+    assert spec.model_sets("mf") == ["train.lr=0.01", "mf.l2_weight=0.1"]
+    assert spec.model_sets("diffmm") == ["cl_weight=0.5", "train.lr=0.01", "diffmm.train.epochs=3"]
+    command = spec.command("diffmm", 421, Path("run"))
+    assert "train.epochs=3" in command and "diffmm.train.epochs=3" not in command
+    assert "train.epochs=3" not in spec.command("mf", 421, Path("run"))
+    spec.validate()
     with pytest.raises(ConfigError, match="no model here has a setting 'nope'"):
         BenchmarkSpec(DATA, ["mf"], [421], sets=["nope=1"]).validate()
     with pytest.raises(ConfigError, match="unknown model"):

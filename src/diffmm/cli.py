@@ -229,7 +229,8 @@ def _resume_inputs(
     "overrides",
     multiple=True,
     metavar="KEY=VALUE",
-    help="train.KEY for all models, MODEL.KEY for one, KEY for those that have it.",
+    help="train.KEY for all models, MODEL.KEY or MODEL.train.KEY for one, KEY for those "
+    "that have it.",
 )
 @click.option("--out", "out", required=True, type=OUT_DIR, help="Folder for runs, tables, plots.")
 @click.option("--split", default="random", help="How to split unsplit tables: random or loo.")

@@ -57,15 +57,15 @@ class BenchmarkSpec:
     def model_sets(self, model: str) -> list[str]:
         """The ``--set`` assignments that apply to ``model``.
 
-        ``train.KEY`` applies to every model, ``<model>.KEY`` to that model only, and a
-        bare ``KEY`` to every model whose settings have it.
+        ``train.KEY`` applies to every model, ``<model>.KEY`` and ``<model>.train.KEY``
+        to that model only, and a bare ``KEY`` to every model whose settings have it.
         """
         fields = set(get_model_class(model).Config.model_fields)
         out = []
         for assignment in self.sets:
             key = assignment.partition("=")[0].strip()
             section, _, name = key.rpartition(".")
-            if section == "train" or section == model:
+            if section in ("train", model, f"{model}.train"):
                 out.append(assignment)
             elif not section and (name in fields or name in TrainConfig.model_fields):
                 out.append(assignment)
@@ -83,7 +83,7 @@ class BenchmarkSpec:
         for assignment in self.sets:
             key = assignment.partition("=")[0].strip()
             section, _, name = key.rpartition(".")
-            if section and section != "train" and section not in self.models:
+            if section and section != "train" and section.split(".")[0] not in self.models:
                 raise ConfigError(f"--set {assignment}: {section!r} is not one of the models")
             if not section and not any(
                 name in get_model_class(m).Config.model_fields or name in TrainConfig.model_fields
