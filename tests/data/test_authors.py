@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import pickle
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -24,6 +26,19 @@ def test_loads_tiny_folder_with_features(tmp_path, write_authors):
     assert ds.features["image"].dtype == np.float32
     np.testing.assert_array_equal(ds.features["image"], image.astype(np.float32))
     assert load_dataset(d / "trnMat.pkl").fingerprint() == ds.fingerprint()
+
+
+def test_loading_the_authors_format_and_training_code_leave_pandas_unimported(
+    tmp_path, write_authors
+):
+    """pandas adds ~95 MB to a process; it is imported only to read tables."""
+    d = write_authors(tmp_path / "tiny", features={"image": np.ones((5, 2))})
+    code = (
+        "import sys; from diffmm.data import load_dataset; import diffmm.train, diffmm.inference;"
+        f" load_dataset({str(d)!r}); print('pandas' in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
 
 
 def test_accepts_csr_pickles(tmp_path, write_authors, make_coo):

@@ -28,7 +28,6 @@ from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 
 from diffmm.errors import DataError
 
@@ -130,6 +129,8 @@ def _atomic_write(path: Path, write: Callable[[Path], None]) -> None:
 def _read_cache(
     path: Path, checksum: str, users: np.ndarray, items: np.ndarray
 ) -> np.ndarray | None:
+    import pandas as pd  # only for split caches of tables: pandas is a large import
+
     meta_path = path.with_suffix(".json")
     try:
         meta = json.loads(meta_path.read_text())
@@ -152,6 +153,8 @@ def _read_cache(
 def _write_cache(
     path: Path, checksum: str, users: np.ndarray, items: np.ndarray, labels: np.ndarray
 ) -> None:
+    import pandas as pd
+
     if not _writable(path.parent):
         raise PermissionError(f"{path.parent} is read-only")
     path.parent.mkdir(parents=True, exist_ok=True)
