@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from diffmm.ops import matmul_cross_entropy
+from diffmm.ops import matmul_cross_entropy, normalize_rows
 
 
 @pytest.mark.parametrize("block_rows", [1, 7, 128])
@@ -47,3 +47,23 @@ def test_weights_scale_each_rows_loss_and_gradient():
     a.grad = b.grad = None
     (weights * F.cross_entropy(a @ b.T, targets, reduction="none")).sum().backward()
     torch.testing.assert_close(fused, (a.grad, b.grad))
+
+
+def test_normalize_rows_matches_f_normalize_values_and_gradients():
+    torch.manual_seed(0)
+    x = torch.randn(7, 5, dtype=torch.float64)
+    x[3] = 0.0  # a zero row: the norm is clamped to eps
+    x[5] = 1e-14  # a row below eps
+    x1, x2 = x.clone().requires_grad_(), x.clone().requires_grad_()
+    g = torch.randn(7, 5, dtype=torch.float64)
+    y1 = normalize_rows(x1)
+    y2 = F.normalize(x2, dim=1)
+    torch.testing.assert_close(y1, y2)
+    (y1 * g).sum().backward()
+    (y2 * g).sum().backward()
+    torch.testing.assert_close(x1.grad, x2.grad)
+    assert torch.autograd.gradcheck(
+        normalize_rows, (torch.randn(4, 3, dtype=torch.float64, requires_grad=True),)
+    )
+    with pytest.raises(ValueError, match="2-d"):
+        normalize_rows(torch.ones(3))

@@ -1,5 +1,11 @@
 """Fused operations used on hot paths (each equals a plain PyTorch expression).
 
+:func:`normalize_rows` is ``F.normalize(x, dim=1)`` with a hand-written backward pass
+``(g - y (g·y)) / max(‖x‖, eps)``: three passes over ``x`` instead of the eight or so
+of autograd's division-by-norm graph. DiffMM normalises every user and item row
+several times per step (eq. 18-19, eq. 23), and this was the largest part of its
+backward pass.
+
 :func:`matmul_cross_entropy` is ``F.cross_entropy(a @ b.T, targets)`` computed in blocks
 of rows, with its gradient formed in the same pass: each block's logits are turned in
 place into ``softmax - onehot`` and multiplied back while they are still in cache, so
@@ -15,6 +21,34 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+
+
+class _NormalizeRows(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx: Any, x: Tensor, eps: float) -> Tensor:
+        denom = torch.linalg.vector_norm(x, dim=1, keepdim=True).clamp_min_(eps)
+        y = x / denom
+        ctx.save_for_backward(y, denom)
+        ctx.eps = eps
+        return y
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, None]:
+        y, denom = ctx.saved_tensors
+        # d(x/‖x‖) = (g - y (g·y)) / ‖x‖; where the norm was clamped to eps, y = x/eps
+        # is linear in x and the gradient is g / eps.
+        along = (grad * y).sum(1, keepdim=True).masked_fill_(denom <= ctx.eps, 0.0)
+        return torch.addcmul(grad, y, along, value=-1.0).div_(denom), None
+
+
+def normalize_rows(x: Tensor, eps: float = 1e-12) -> Tensor:
+    """``F.normalize(x, dim=1, eps=eps)`` for a 2-d ``x``, with a cheaper backward pass."""
+    if x.dim() != 2:
+        raise ValueError(f"normalize_rows expects a 2-d tensor, got shape {tuple(x.shape)}")
+    if not (torch.is_grad_enabled() and x.requires_grad):
+        return F.normalize(x, dim=1, eps=eps)
+    return _NormalizeRows.apply(x, eps)
+
 
 #: Rows per block: a block's logits (rows x len(b) floats) should fit in the L2/L3 cache.
 BLOCK_ROWS = 128

@@ -44,7 +44,7 @@ from diffmm.graph import (
 )
 from diffmm.models.base import Batch, ModelConfig, Recommender, require_features
 from diffmm.models.mf import bpr_loss
-from diffmm.ops import matmul_cross_entropy
+from diffmm.ops import matmul_cross_entropy, normalize_rows
 from diffmm.utils import release_free_memory
 
 
@@ -349,7 +349,7 @@ class DiffMM(Recommender):
             raise RuntimeError("DiffMM has no modality graphs yet: call begin_epoch() first")
         cfg, n_users, dim = self.config, self.n_users, self.config.embedding_dim
         weights = torch.softmax(self.modality_logits, dim=0)
-        feats = [F.normalize(f) for f in self.aligned_features()]
+        feats = [normalize_rows(f) for f in self.aligned_features()]
         fused_feat = sum(w * f for w, f in zip(weights, feats, strict=True))
         h = spmm(self.adj, torch.cat([self.user_emb, fused_feat]), symmetric=True)
         h_user = h.split([n_users, self.n_items])[0]  # split, not a slice: cheaper backward
@@ -370,7 +370,7 @@ class DiffMM(Recommender):
                 g = spmm(graph, ego, transpose=graph_t)
             generated = generated + weights[m] * g
         z0 = h + h2 + cfg.generated_graph_weight * generated
-        main = self._propagate_layers(z0) + cfg.residual_weight * F.normalize(z0)
+        main = self._propagate_layers(z0) + cfg.residual_weight * normalize_rows(z0)
         views: list[Tensor] = []
         if with_views:
             views = list(self._propagate_layers(torch.cat(views_in, dim=1)).split(dim, dim=1))
@@ -390,9 +390,9 @@ class DiffMM(Recommender):
         cfg = self.config
         main, views = self._forward(with_views=cfg.cl_weight > 0)
         users, items = self._users_items(main)
-        u = users[batch.users]
-        pos = (u * items[batch.pos_items]).sum(-1)
-        neg = (u * items[batch.neg_items]).sum(-1)
+        u = users.index_select(0, batch.users)  # index_select: a cheaper backward
+        pos = (u * items.index_select(0, batch.pos_items)).sum(-1)
+        neg = (u * items.index_select(0, batch.neg_items)).sum(-1)
         losses = {
             "bpr": bpr_loss(pos, neg),
             "l2": cfg.l2_weight * (self.user_emb.square().sum() + self.item_emb.square().sum()),
@@ -427,8 +427,8 @@ def info_nce(anchor: Tensor, other: Tensor, nodes: Tensor, temperature: float) -
     # The positive of anchor i is column nodes[i] of the logits: a softmax cross-entropy.
     # A node drawn k times in the batch is one row with weight k/n: the same mean.
     unique, counts = torch.unique(nodes, return_counts=True)
-    a = F.normalize(anchor[unique], dim=1) / temperature
-    return matmul_cross_entropy(a, F.normalize(other, dim=1), unique, counts / len(nodes))
+    a = normalize_rows(anchor.index_select(0, unique)) / temperature
+    return matmul_cross_entropy(a, normalize_rows(other), unique, counts / len(nodes))
 
 
 class _ParametricTrans(nn.Module):
