@@ -17,6 +17,15 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "results"
 RUNS = REPO / "benchmarks" / "runs"  # git-ignored run directories
+#: Seconds of a DiffMM epoch in its log line, by phase.
+PHASES = {
+    "seconds_diffusion": "diffusion training",
+    "seconds_graphs": "graph regeneration",
+    "seconds_train": "recommender pass",
+    "seconds_eval": "evaluation (valid + test)",
+    "seconds": "epoch",
+    "seconds_checkpoint": "checkpoint write (not in epoch)",
+}
 
 
 def shared_data_root() -> Path:
@@ -138,3 +147,14 @@ def write_atomic(path: Path, text: str) -> None:
     tmp = path.with_suffix(path.suffix + ".tmp")
     tmp.write_text(text)
     os.replace(tmp, path)
+
+
+def phase_medians(log: list[dict[str, Any]]) -> dict[str, float]:
+    """Median seconds of each phase over the epochs of one run."""
+    out = {}
+    for key in PHASES:
+        values = [r.get(key, (r.get("begin_epoch") or {}).get(key)) for r in log]
+        values = [v for v in values if v is not None]
+        if values:
+            out[key] = statistics.median(values)
+    return out

@@ -20,17 +20,18 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
 from pathlib import Path
 
 import numpy as np
 
 from common import (
+    PHASES,
     REPO,
     RESULTS,
     RUNS,
     git_revision,
     machine_info,
+    phase_medians,
     require_dataset,
     run_training,
     train_command,
@@ -40,12 +41,6 @@ from diffmm.features import write_features
 
 #: Feature sizes of the paper's Baby data (image, text).
 BABY_FEATURES = {"image": 4096, "text": 384}
-PHASES = {
-    "diffusion training": "seconds_diffusion",
-    "graph regeneration": "seconds_graphs",
-    "recommender pass": "seconds_train",
-    "evaluation": "seconds_eval",
-}
 
 
 def baby_sized_features(n_items: int, folder: Path) -> Path:
@@ -75,7 +70,6 @@ def run(dataset: str, epochs: int) -> dict:
     revision = git_revision()
     result = run_training(cmd, run_dir)
     log, summary = result["log"], result["summary"]
-    phases = {name: statistics.median(r.get(key, 0.0) for r in log) for name, key in PHASES.items()}
     return {
         "dataset": dataset,
         "command": result["command"],
@@ -83,7 +77,7 @@ def run(dataset: str, epochs: int) -> dict:
         "epochs": summary["epochs_run"],
         "peak_rss_mb": summary["peak_rss_mb"],
         "seconds_per_epoch_median": summary["seconds_per_epoch"],
-        "phases_median": phases,
+        "phases_median": phase_medians(log),
     }
 
 
@@ -102,17 +96,16 @@ def main() -> None:
         "the run's epochs. Baby-sized: the Baby interactions with random features of the "
         "paper's Baby sizes (visual 4096-d, text 384-d).",
         "",
-        "| data | epochs | peak RSS (MB) | target (MB) | diffusion training | graph "
-        "regeneration | recommender pass | evaluation | epoch |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| data | epochs | peak RSS (MB) | target (MB) | " + " | ".join(PHASES.values()) + " |",
+        "|---|---|---|---|" + "---|" * len(PHASES),
     ]
     for r in records:
         p = r["phases_median"]
         lines.append(
             f"| {r['dataset']} | {r['epochs']} | {r['peak_rss_mb']:.0f} | "
             f"{targets.get(r['dataset'], '–')} | "
-            + " | ".join(f"{p[k]:.1f}" for k in PHASES)
-            + f" | {r['seconds_per_epoch_median']:.1f} |"
+            + " | ".join(f"{p[k]:.1f}" if k in p else "–" for k in PHASES)
+            + " |"
         )
     lines += ["", "Commands:", ""]
     lines += [f"- `{r['command']}` (revision `{r['revision']}`)" for r in records]

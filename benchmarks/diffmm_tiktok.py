@@ -27,12 +27,14 @@ import statistics
 from typing import Any
 
 from common import (
+    PHASES,
     RESULTS,
     RUNS,
     gemm_gflops,
     git_revision,
     machine_info,
     mean_std,
+    phase_medians,
     require_dataset,
     run_training,
     train_command,
@@ -47,30 +49,11 @@ VARIANTS: dict[str, list[str]] = {
     "w/o DM": ["diffusion_graph_ratio=0"],
 }
 METRICS = ("recall@10", "recall@20", "ndcg@10", "ndcg@20", "precision@10", "precision@20")
-PHASES = {
-    "seconds_diffusion": "diffusion training",
-    "seconds_graphs": "graph regeneration",
-    "seconds_train": "recommender pass",
-    "seconds_eval": "evaluation (valid + test)",
-    "seconds": "epoch",
-    "seconds_checkpoint": "checkpoint write (not in epoch)",
-}
 SPEED = "speed"
 STATE = RESULTS / "diffmm_tiktok_runs.json"
 # Measured on this machine with the authors' code (issue #3, spec §8), for reference.
 AUTHORS = {"test_recall@20": 0.1020, "test_ndcg@20": 0.0429, "best_on_test_recall@20": 0.1070}
 AUTHORS_SECONDS = {"diffusion": 14.5, "graphs": 20.6, "recommender": 27.2, "eval": 1.0}
-
-
-def phase_medians(log: list[dict[str, Any]]) -> dict[str, float]:
-    """Median seconds of each phase over the epochs of one run."""
-    out = {}
-    for key in PHASES:
-        values = [r.get(key, (r.get("begin_epoch") or {}).get(key)) for r in log]
-        values = [v for v in values if v is not None]
-        if values:
-            out[key] = statistics.median(values)
-    return out
 
 
 def record_of(result: dict[str, Any], variant: str, seed: int, revision: str) -> dict[str, Any]:
