@@ -120,6 +120,16 @@ def test_invalid_features_raise_data_error(feat, needle):
         small(features={"image": feat})
 
 
+def test_nan_rows_found_in_every_block_of_a_large_feature_matrix():
+    from diffmm.data.dataset import check_features
+
+    feat = np.zeros((10_000, 3), dtype=np.float32)
+    feat[[0, 4095, 4096, 9999], 1] = np.nan  # both sides of the 4096-row block edges
+    with pytest.raises(DataError, match=r"4 row\(s\) \(first rows: \[0, 4095, 4096, 9999\]\)"):
+        check_features("image", feat, 10_000, "f.npz")
+    assert check_features("image", np.ones((0, 3)), 0, "f.npz").shape == (0, 3)
+
+
 def test_fingerprint_detects_changes_and_ignores_index_dtype():
     a = small(features={"v": np.ones((4, 2))})
     b = small(features={"v": np.ones((4, 2))})

@@ -238,7 +238,11 @@ def check_features(name: str, values: Any, n_items: int, where: str) -> np.ndarr
         )
     with np.errstate(over="ignore"):
         arr = np.ascontiguousarray(arr, dtype=np.float32)
-    bad_rows = ~np.isfinite(arr).all(axis=1)
+    # In blocks of rows: a boolean copy of a large matrix would cost as much as its rows.
+    bad_rows = np.concatenate(
+        [~np.isfinite(arr[i : i + 4096]).all(axis=1) for i in range(0, len(arr), 4096)]
+        or [np.zeros(0, dtype=bool)]
+    )
     if bad_rows.any():
         raise DataError(
             f"{where}: feature {name!r} has NaN or inf values in {bad_rows.sum()} row(s) "

@@ -554,7 +554,9 @@ def _features_from_dir(
                 f"{f}: {missing.sum()} of {len(item_ids)} items of {items_of} have no "
                 f"feature row (first: {preview(item_ids[missing])}); add a row for each item"
             )
-        feats[modality] = check_features(modality, values[pos], len(item_ids), str(f))
+        in_order = len(pos) == len(values) and bool((pos == np.arange(len(pos))).all())
+        rows = values if in_order else values[pos]  # no copy when the rows are in item order
+        feats[modality] = check_features(modality, rows, len(item_ids), str(f))
     return feats
 
 
