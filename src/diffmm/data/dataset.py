@@ -72,13 +72,14 @@ class Dataset:
         for name in SPLITS:
             m = self.split(name)
             h = hashlib.sha256()
-            h.update(np.ascontiguousarray(m.indptr, dtype=np.int64).tobytes())
-            h.update(np.ascontiguousarray(m.indices, dtype=np.int64).tobytes())
+            h.update(np.ascontiguousarray(m.indptr, dtype=np.int64))
+            h.update(np.ascontiguousarray(m.indices, dtype=np.int64))
             splits[name] = {"nnz": int(m.nnz), "sha256": h.hexdigest()}
         features = {
             k: {
                 "shape": list(v.shape),
-                "sha256": hashlib.sha256(np.ascontiguousarray(v, np.float32).tobytes()).hexdigest(),
+                # hashed in place: .tobytes() would copy the whole matrix
+                "sha256": hashlib.sha256(np.ascontiguousarray(v, np.float32)).hexdigest(),
             }
             for k, v in self.features.items()
         }
