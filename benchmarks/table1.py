@@ -80,7 +80,11 @@ def main() -> None:
         cmd += ["--data", str(require_dataset(args.dataset))]
     if settings["preset"]:
         cmd += ["--preset", settings["preset"]]
+    models = args.models.split(",")
     for assignment in settings["sets"]:
+        scope = assignment.partition("=")[0].split(".")[0]
+        if scope in MODELS.split(",") and scope not in models:
+            continue  # a model's own setting, and that model is not run
         cmd += ["--set", assignment]
     revision = git_revision()
     print("diffmm " + shlex.join(cmd), flush=True)
