@@ -48,9 +48,15 @@ def test_benchmark_writes_table_csv_plots_and_reuses_finished_runs(tmp_path):
         assert (tmp_path / png).read_bytes().startswith(PNG)
     assert "| lightgcn | 2 |" in (tmp_path / "results.md").read_text()
     before = (tmp_path / "runs/mf-seed421/summary.json").stat().st_mtime_ns
-    again = invoke(*args)
+    default_groups = set(pd.read_csv(tmp_path / "sparsity.csv")["group"])
+    assert default_groups and default_groups <= {"0-5", "5-10", "10-20", "20+"}
+    again = invoke(*args, "--groups", "0,30")
     assert again.exit_code == 0 and "reusing finished run" in again.output
     assert (tmp_path / "runs/mf-seed421/summary.json").stat().st_mtime_ns == before
+    groups = set(pd.read_csv(tmp_path / "sparsity.csv")["group"])
+    assert groups and groups <= {"0-30", "30+"}
+    bad = invoke(*args, "--groups", "0,five")
+    assert bad.exit_code == 2 and "give integers" in bad.output
 
 
 def test_settings_are_scoped_per_model_and_bad_ones_refused():

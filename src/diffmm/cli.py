@@ -24,6 +24,19 @@ DATA_HELP = (
     "user,item[,split] pairs, or 'synthetic' (built-in; 'synthetic:n_users=2000' sets sizes)."
 )
 
+
+GROUPS_HELP = "Lower bounds of the sparsity study's user groups (training interactions)."
+
+
+def _group_bounds(groups: str) -> list[int]:
+    from diffmm.errors import ConfigError
+
+    try:
+        return sorted({int(g) for g in groups.split(",")})
+    except ValueError:
+        raise ConfigError(f"--groups {groups!r}: give integers such as 0,5,10,20") from None
+
+
 RUN_DIR = click.Path(exists=True, file_okay=False, path_type=Path)
 OUT_DIR = click.Path(file_okay=False, path_type=Path)
 MOVED_DATA_HELP = "Where the run's data are now, if they moved since training."
@@ -241,6 +254,7 @@ def _resume_inputs(
     default=None,
     help="Folder of extra <modality>.features.* files keyed by item id.",
 )
+@click.option("--groups", default="0,5,10,20", show_default=True, help=GROUPS_HELP)
 @click.option("--no-plots", is_flag=True, help="Skip the PNG plots.")
 @_user_errors
 def benchmark(
@@ -253,6 +267,7 @@ def benchmark(
     split: str,
     split_seed: int,
     features: str | None,
+    groups: str,
     no_plots: bool,
 ) -> None:
     """Train several models over seeds; write a Markdown/CSV table, plots, a sparsity study."""
@@ -271,7 +286,11 @@ def benchmark(
         features=str(Path(features).resolve()) if features else None,
     )
     table = run_benchmark(
-        spec, out, log=lambda line: click.echo(line, err=True), plots=not no_plots
+        spec,
+        out,
+        log=lambda line: click.echo(line, err=True),
+        plots=not no_plots,
+        groups=_group_bounds(groups),
     )
     click.echo(markdown_table(table))
     click.echo(f"\nwritten to {out}/results.md, results.csv", err=True)
@@ -379,17 +398,13 @@ def report() -> None:
 @report.command("sparsity")
 @click.argument("run_dirs", nargs=-1, required=True, type=RUN_DIR)
 @click.option("--out", "out", required=True, type=OUT_DIR, help="Folder for the table and plot.")
-@click.option("--groups", default="0,5,10,20", show_default=True, help="Group lower bounds.")
+@click.option("--groups", default="0,5,10,20", show_default=True, help=GROUPS_HELP)
 @_user_errors
 def report_sparsity(run_dirs: tuple[Path, ...], out: Path, groups: str) -> None:
     """Test metrics per group of users by number of training interactions (paper Fig. 2)."""
-    from diffmm.errors import ConfigError
     from diffmm.experiments import sparsity_study, write_sparsity
 
-    try:
-        bounds = sorted({int(g) for g in groups.split(",")})
-    except ValueError:
-        raise ConfigError(f"--groups {groups!r}: give integers such as 0,5,10,20") from None
+    bounds = _group_bounds(groups)
     runs: dict[str, list[str]] = {}
     for run_dir in run_dirs:
         model = json.loads((run_dir / "config.json").read_text())["model"]

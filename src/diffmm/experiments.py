@@ -208,9 +208,16 @@ def validation_curves(runs: pd.DataFrame) -> dict[str, tuple[list[int], list[flo
 
 
 def run_benchmark(
-    spec: BenchmarkSpec, out: str | Path, log: Callable[[str], None] = print, plots: bool = True
+    spec: BenchmarkSpec,
+    out: str | Path,
+    log: Callable[[str], None] = print,
+    plots: bool = True,
+    groups: Sequence[int] = DEFAULT_GROUPS,
 ) -> pd.DataFrame:
-    """Train every model for every seed, then write the tables and plots; returns the summary."""
+    """Train every model for every seed, then write the tables and plots; returns the summary.
+
+    ``groups`` are the lower bounds of the sparsity study's user groups.
+    """
     from diffmm import plots as figures
 
     spec.validate()
@@ -249,7 +256,7 @@ def run_benchmark(
             ylabel="Recall@20",
         )
         lines += ["", "![validation curves](valid_recall.png)", "![test](test_recall.png)"]
-    sparsity = sparsity_study({m: g["run_dir"].tolist() for m, g in runs.groupby("model")})
+    sparsity = sparsity_study({m: g["run_dir"].tolist() for m, g in runs.groupby("model")}, groups)
     write_sparsity(sparsity, out, plots=plots)
     lines += ["", "Sparsity study: [sparsity.md](sparsity.md)."]
     atomic_write_bytes(out / "results.md", ("\n".join(lines) + "\n").encode())
