@@ -6,22 +6,26 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from diffmm.ops import matmul_cross_entropy, normalize_rows
+from diffmm.ops import MAX_UNSHIFTED_LOGIT, matmul_cross_entropy, normalize_rows
 
 
 @pytest.mark.parametrize("block_rows", [1, 7, 128])
-def test_matmul_cross_entropy_equals_cross_entropy_of_the_product(block_rows):
+@pytest.mark.parametrize("bounded", [False, True])
+def test_matmul_cross_entropy_equals_cross_entropy_of_the_product(block_rows, bounded):
     torch.manual_seed(0)
     a = torch.randn(50, 8, dtype=torch.float64, requires_grad=True)
     b = torch.randn(30, 8, dtype=torch.float64, requires_grad=True)
     targets = torch.randint(0, 30, (50,))
     targets[:5] = 3  # repeated targets accumulate into one row of b's gradient
-    (2.5 * matmul_cross_entropy(a, b, targets, block_rows=block_rows)).backward()
+    # |a_i . b_j| <= |a_i| |b_j|: a true bound, small enough to skip the max pass
+    bound = float(a.norm(dim=1).max() * b.norm(dim=1).max()) if bounded else None
+    fused_loss = matmul_cross_entropy(a, b, targets, block_rows=block_rows, logit_bound=bound)
+    (2.5 * fused_loss).backward()
     fused = (a.grad.clone(), b.grad.clone())
     a.grad = b.grad = None
     loss = F.cross_entropy(a @ b.T, targets)
     (2.5 * loss).backward()
-    torch.testing.assert_close(matmul_cross_entropy(a, b, targets, block_rows=block_rows), loss)
+    torch.testing.assert_close(fused_loss, loss)
     torch.testing.assert_close(fused, (a.grad, b.grad))
 
 
@@ -34,6 +38,22 @@ def test_matmul_cross_entropy_is_stable_for_large_logits_and_plain_without_grad(
     torch.testing.assert_close(loss, F.cross_entropy(a @ b.T, targets))
     with torch.no_grad():
         torch.testing.assert_close(matmul_cross_entropy(a, b, targets), loss.detach())
+
+
+def test_unshifted_softmax_is_exact_in_float32_up_to_the_bound_it_is_used_for():
+    # logits of exactly +-MAX_UNSHIFTED_LOGIT: exp neither overflows nor underflows
+    a = torch.tensor([[MAX_UNSHIFTED_LOGIT], [-MAX_UNSHIFTED_LOGIT]], requires_grad=True)
+    b = torch.ones(1000, 1)
+    b[::2] = -1.0
+    targets = torch.tensor([0, 1])
+    loss = matmul_cross_entropy(a, b, targets, logit_bound=MAX_UNSHIFTED_LOGIT)
+    loss.backward()
+    torch.testing.assert_close(loss, F.cross_entropy(a @ b.T, targets))
+    assert torch.isfinite(a.grad).all()
+    # a larger bound falls back to the shifted softmax, stable for any logits
+    big = torch.tensor([[500.0]], requires_grad=True)
+    loss = matmul_cross_entropy(big, torch.ones(3, 1), torch.tensor([0]), logit_bound=500.0)
+    assert torch.isfinite(loss)
 
 
 def test_weights_scale_each_rows_loss_and_gradient():

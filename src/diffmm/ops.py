@@ -52,12 +52,21 @@ def normalize_rows(x: Tensor, eps: float = 1e-12) -> Tensor:
 
 #: Rows per block: a block's logits (rows x len(b) floats) should fit in the L2/L3 cache.
 BLOCK_ROWS = 128
+#: Largest |logit| whose softmax is computed without the max shift: exp(±60) and a sum
+#: of 10^9 such terms stay within float32 (and float16 is not used here).
+MAX_UNSHIFTED_LOGIT = 60.0
 
 
 class _MatmulCrossEntropy(torch.autograd.Function):
     @staticmethod
     def forward(
-        ctx: Any, a: Tensor, b: Tensor, targets: Tensor, weights: Tensor, block_rows: int
+        ctx: Any,
+        a: Tensor,
+        b: Tensor,
+        targets: Tensor,
+        weights: Tensor,
+        block_rows: int,
+        bounded: bool,
     ) -> Tensor:
         grad_a = torch.empty_like(a)
         grad_b = torch.zeros_like(b)
@@ -70,10 +79,14 @@ class _MatmulCrossEntropy(torch.autograd.Function):
             # about twice as fast as a_blk @ b.T for these shapes (measured).
             logits_t = b @ a_blk.T
             positive = logits_t[t_blk, cols]
-            col_max = logits_t.amax(0)
-            probs_t = logits_t.sub_(col_max).exp_()  # in place: the block's only buffer
+            if bounded:  # exp cannot overflow: no max pass, no shift
+                shift: Tensor | float = 0.0
+                probs_t = logits_t.exp_()  # in place: the block's only buffer
+            else:
+                shift = logits_t.amax(0)
+                probs_t = logits_t.sub_(shift).exp_()
             denom = probs_t.sum(0)
-            total += (w_blk * (col_max + denom.log() - positive)).sum()
+            total += (w_blk * (shift + denom.log() - positive)).sum()
             probs_t.mul_(w_blk / denom)
             probs_t[t_blk, cols] -= w_blk  # softmax - onehot, weighted
             torch.mm(probs_t.T, b, out=grad_a[rows])
@@ -82,9 +95,9 @@ class _MatmulCrossEntropy(torch.autograd.Function):
         return total
 
     @staticmethod
-    def backward(ctx: Any, grad_out: Tensor) -> tuple[Tensor, Tensor, None, None, None]:
+    def backward(ctx: Any, grad_out: Tensor) -> tuple[Tensor, Tensor, None, None, None, None]:
         grad_a, grad_b = ctx.saved_tensors
-        return grad_out * grad_a, grad_out * grad_b, None, None, None
+        return grad_out * grad_a, grad_out * grad_b, None, None, None, None
 
 
 def matmul_cross_entropy(
@@ -93,6 +106,7 @@ def matmul_cross_entropy(
     targets: Tensor,
     weights: Tensor | None = None,
     block_rows: int = BLOCK_ROWS,
+    logit_bound: float | None = None,
 ) -> Tensor:
     """``F.cross_entropy(a @ b.T, targets)`` without storing the logits.
 
@@ -100,6 +114,9 @@ def matmul_cross_entropy(
         a: ``(n, d)`` rows; b: ``(m, d)`` classes; targets: ``(n,)`` class of each row.
         weights: ``(n,)`` weight of each row's loss; default ``1/n`` (the mean).
         block_rows: rows of ``a`` processed at a time.
+        logit_bound: a bound on every ``|logit|`` known to the caller (``1/τ`` for cosine
+            similarities over a temperature). Up to :data:`MAX_UNSHIFTED_LOGIT` the
+            softmax skips its max pass: ``exp`` can neither overflow nor underflow.
 
     Returns ``Σ_i weights_i · CE_i``. The gradient is computed in the forward pass (under
     ``torch.no_grad`` the plain expression is used instead); the result supports one
@@ -110,4 +127,5 @@ def matmul_cross_entropy(
     weights = weights.to(a.dtype)
     if not (torch.is_grad_enabled() and (a.requires_grad or b.requires_grad)):
         return (weights * F.cross_entropy(a @ b.T, targets, reduction="none")).sum()
-    return _MatmulCrossEntropy.apply(a, b, targets, weights, block_rows)
+    bounded = logit_bound is not None and logit_bound <= MAX_UNSHIFTED_LOGIT
+    return _MatmulCrossEntropy.apply(a, b, targets, weights, block_rows, bounded)

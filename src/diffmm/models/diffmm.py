@@ -428,7 +428,9 @@ def info_nce(anchor: Tensor, other: Tensor, nodes: Tensor, temperature: float) -
     # A node drawn k times in the batch is one row with weight k/n: the same mean.
     unique, counts = torch.unique(nodes, return_counts=True)
     a = normalize_rows(anchor.index_select(0, unique)) / temperature
-    return matmul_cross_entropy(a, normalize_rows(other), unique, counts / len(nodes))
+    return matmul_cross_entropy(
+        a, normalize_rows(other), unique, counts / len(nodes), logit_bound=1.0 / temperature
+    )
 
 
 class _ParametricTrans(nn.Module):
