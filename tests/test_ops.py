@@ -18,7 +18,7 @@ def test_matmul_cross_entropy_equals_cross_entropy_of_the_product(block_rows, bo
     targets = torch.randint(0, 30, (50,))
     targets[:5] = 3  # repeated targets accumulate into one row of b's gradient
     # |a_i . b_j| <= |a_i| |b_j|: a true bound, small enough to skip the max pass
-    bound = float(a.norm(dim=1).max() * b.norm(dim=1).max()) if bounded else None
+    bound = float(a.detach().norm(dim=1).max() * b.detach().norm(dim=1).max()) if bounded else None
     fused_loss = matmul_cross_entropy(a, b, targets, block_rows=block_rows, logit_bound=bound)
     (2.5 * fused_loss).backward()
     fused = (a.grad.clone(), b.grad.clone())
