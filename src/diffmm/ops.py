@@ -7,9 +7,10 @@ several times per step (eq. 18-19, eq. 23), and this was the largest part of its
 backward pass.
 
 :func:`matmul_cross_entropy` is ``F.cross_entropy(a @ b.T, targets)`` computed in blocks
-of rows, with its gradient formed in the same pass: each block's logits are turned in
-place into ``softmax - onehot`` and multiplied back while they are still in cache, so
-the full ``(len(a), len(b))`` logits matrix is never stored. For the contrastive loss
+of rows, with its gradient formed in the same pass: each block's logits are
+exponentiated in place and multiplied back while they are still in cache (the softmax's
+column scale and the one-hot term go onto the small factors), so the full
+``(len(a), len(b))`` logits matrix is never stored. For the contrastive loss
 of DiffMM (1024 anchors against every user or item) this halves the time of the loss
 and frees the memory the logits would keep for the backward pass.
 """
@@ -87,10 +88,15 @@ class _MatmulCrossEntropy(torch.autograd.Function):
                 probs_t = logits_t.sub_(shift).exp_()
             denom = probs_t.sum(0)
             total += (w_blk * (shift + denom.log() - positive)).sum()
-            probs_t.mul_(w_blk / denom)
-            probs_t[t_blk, cols] -= w_blk  # softmax - onehot, weighted
-            torch.mm(probs_t.T, b, out=grad_a[rows])
-            grad_b.addmm_(probs_t, a_blk)
+            # The gradient of the block's logits is G = exp · diag(s) - onehot · diag(w)
+            # with s = w / denom. G is never formed: the column scale s goes onto the
+            # small factors (a_blk's rows, grad_a's rows) and the one-hot part is a
+            # gather and a scatter of len(t_blk) rows.
+            scale = (w_blk / denom).unsqueeze(1)
+            grad_a_blk = torch.mm(probs_t.T, b, out=grad_a[rows]).mul_(scale)
+            grad_a_blk.addcmul_(b.index_select(0, t_blk), w_blk.unsqueeze(1), value=-1.0)
+            grad_b.addmm_(probs_t, a_blk * scale)
+            grad_b.index_add_(0, t_blk, a_blk * w_blk.unsqueeze(1), alpha=-1.0)
         ctx.save_for_backward(grad_a, grad_b)
         return total
 
