@@ -12,7 +12,7 @@ import torch
 from diffmm.data.dataset import Dataset
 from diffmm.errors import DataError
 from diffmm.models.base import Batch
-from diffmm.models.diffmm import DiffMM, DiffMMConfig, info_nce
+from diffmm.models.diffmm import DiffMM, DiffMMConfig
 
 
 def tiny_dataset(n_modalities: int = 2, seed: int = 0) -> Dataset:
@@ -191,23 +191,54 @@ def test_same_seed_same_everything():
     assert l1 == l2 and torch.equal(s1, s2)
 
 
-@pytest.mark.parametrize("grad", [False, True])
-def test_info_nce_matches_its_definition(grad):
+@pytest.mark.parametrize("n_modalities", [2, 3])
+@pytest.mark.parametrize("cl_anchor", ["main", "modality"])
+def test_loss_equals_bpr_and_info_nce_written_out(cl_anchor, n_modalities):
+    """BPR and eq. 18-19 computed anchor by anchor, repeated draws included, in float64."""
     torch.manual_seed(0)
-    a = torch.randn(6, 4, dtype=torch.float64, requires_grad=grad)
-    o = torch.randn(6, 4, dtype=torch.float64, requires_grad=grad)
-    nodes = torch.tensor([0, 2, 5, 2])  # a repeated anchor counts twice
-    an, on = torch.nn.functional.normalize(a), torch.nn.functional.normalize(o)
-    expected = 0.0
-    for n in nodes.tolist():
-        sims = (an[n] @ on.T) / 0.5
-        expected += -torch.log(torch.exp(sims[n]) / torch.exp(sims).sum())
-    expected = expected / 4
-    loss = info_nce(a, o, nodes, 0.5)
-    torch.testing.assert_close(loss, expected)
-    if grad:
-        got = torch.autograd.grad(loss, (a, o))
-        torch.testing.assert_close(got, torch.autograd.grad(expected, (a, o)))
+    ds = tiny_dataset(n_modalities)
+    model = DiffMM(small_config(cl_anchor=cl_anchor, cl_weight=0.3, temperature=0.4), ds)
+    model.set_modality_graphs(model.generate_graphs())
+    model.double()
+    batch = a_batch(ds, n=16)
+    batch = Batch(  # repeated users and items: each draw counts once
+        torch.cat([batch.users, batch.users[:3]]),
+        torch.cat([batch.pos_items, batch.pos_items[:3]]),
+        torch.cat([batch.neg_items, batch.neg_items[:3]]),
+    )
+    params = model.trainable_parameters()  # ID embeddings, Trans, κ
+
+    main, views = model._forward(with_views=True)
+    users, items = main[: ds.n_users], main[ds.n_users :]
+    u = users[batch.users]
+    margin = (u * items[batch.neg_items]).sum(1) - (u * items[batch.pos_items]).sum(1)
+    bpr = torch.nn.functional.softplus(margin).mean()
+
+    def nce(anchor: torch.Tensor, other: torch.Tensor, nodes: torch.Tensor) -> torch.Tensor:
+        a = torch.nn.functional.normalize(anchor)
+        o = torch.nn.functional.normalize(other)
+        terms = [-torch.log_softmax(a[n] @ o.T / 0.4, 0)[n] for n in nodes.tolist()]
+        return torch.stack(terms).mean()
+
+    if cl_anchor == "main":
+        pairs = [(main, v) for v in views]
+    else:
+        pairs = [
+            (views[a], views[b]) for a in range(n_modalities) for b in range(a + 1, n_modalities)
+        ]
+    cl = 0.0
+    for anchor, other in pairs:
+        cl = cl + nce(anchor[: ds.n_users], other[: ds.n_users], batch.users)
+        cl = cl + nce(anchor[ds.n_users :], other[ds.n_users :], batch.pos_items)
+    expected = {"bpr": bpr, "cl": 0.3 * cl}
+
+    losses = model.loss(batch)
+    for name, value in expected.items():
+        torch.testing.assert_close(losses[name], value)
+        torch.testing.assert_close(
+            torch.autograd.grad(losses[name], params, retain_graph=True, materialize_grads=True),
+            torch.autograd.grad(value, params, retain_graph=True, materialize_grads=True),
+        )
 
 
 def _fit(name: str, dataset, overrides: list[str]) -> dict:

@@ -23,7 +23,9 @@ Aggregation (authors' form of eq. 20), for each modality ``m`` with aligned feat
 
 from __future__ import annotations
 
+import itertools
 import time
+from dataclasses import dataclass
 from typing import Any, Literal
 
 import numpy as np
@@ -387,49 +389,89 @@ class DiffMM(Recommender):
     # ----------------------------------------------------------------- training loss (§2.5)
     def loss(self, batch: Batch) -> dict[str, Tensor]:
         cfg = self.config
-        main, views = self._forward(with_views=cfg.cl_weight > 0)
-        users, items = self._users_items(main)
-        u = users.index_select(0, batch.users)  # index_select: a cheaper backward
-        pos = (u * items.index_select(0, batch.pos_items)).sum(-1)
-        neg = (u * items.index_select(0, batch.neg_items)).sum(-1)
+        with_cl = cfg.cl_weight > 0
+        main, views = self._forward(with_views=with_cl)
+        n_users = self.n_users
+        rows = [batch.users, n_users + batch.pos_items, n_users + batch.neg_items]
+        if with_cl:
+            anchors = ContrastiveAnchors.of(batch, n_users)
+            if cfg.cl_anchor == "main":
+                rows.append(anchors.nodes)
+        # One gather of every row of H̄ the loss reads: one scatter in the backward pass.
+        picked = main.index_select(0, torch.cat(rows)).split([len(r) for r in rows])
+        u, pos, neg = picked[:3]
         losses = {
-            "bpr": bpr_loss(pos, neg),
+            "bpr": bpr_loss((u * pos).sum(-1), (u * neg).sum(-1)),
             "l2": cfg.l2_weight * (self.user_emb.square().sum() + self.item_emb.square().sum()),
         }
-        if cfg.cl_weight > 0:
-            losses["cl"] = cfg.cl_weight * self._contrastive(main, views, batch)
+        if with_cl:
+            main_anchors = picked[3] if cfg.cl_anchor == "main" else None
+            losses["cl"] = cfg.cl_weight * self._contrastive(main_anchors, views, anchors)
         return losses
 
-    def _contrastive(self, main: Tensor, views: list[Tensor], batch: Batch) -> Tensor:
-        """Cross-modal InfoNCE over the batch's users and positive items (eq. 18-19)."""
+    def _contrastive(
+        self, main_anchors: Tensor | None, views: list[Tensor], anchors: ContrastiveAnchors
+    ) -> Tensor:
+        """Cross-modal InfoNCE over the batch's users and positive items (eq. 18-19).
+
+        ``main_anchors`` are the anchors' rows of ``H̄`` (eq. 19), or None to pair every
+        two modality views (eq. 18).
+        """
         tau = self.config.temperature
-        main_split = self._users_items(main)
-        view_splits = [self._users_items(v) for v in views]
-        if self.config.cl_anchor == "main":
-            pairs = [(main_split, v) for v in view_splits]
+        if main_anchors is not None:
+            anchor_rows = normalize_rows(main_anchors)  # once, for every view
+            pairs = [(anchor_rows, v) for v in views]
         else:
             pairs = [
-                (view_splits[a], view_splits[b])
-                for a in range(len(views))
-                for b in range(a + 1, len(views))
+                (normalize_rows(views[a].index_select(0, anchors.nodes)), views[b])
+                for a, b in itertools.combinations(range(len(views)), 2)
             ]
-        total = main.new_zeros(())
-        for (anchor_u, anchor_i), (other_u, other_i) in pairs:
-            total = total + info_nce(anchor_u, other_u, batch.users, tau)
-            total = total + info_nce(anchor_i, other_i, batch.pos_items, tau)
+        total = views[0].new_zeros(())
+        for anchor_rows, other in pairs:
+            a_users, a_items = (anchor_rows / tau).split([len(anchors.users), len(anchors.items)])
+            o_users, o_items = self._users_items(normalize_rows(other))
+            total = total + info_nce(a_users, o_users, anchors.users, anchors.user_weights, tau)
+            total = total + info_nce(a_items, o_items, anchors.items, anchors.item_weights, tau)
         return total
 
 
-def info_nce(anchor: Tensor, other: Tensor, nodes: Tensor, temperature: float) -> Tensor:
-    """InfoNCE with cosine similarity: anchors ``anchor[nodes]``, positives ``other[nodes]``,
-    negatives all rows of ``other``; averaged over anchors (eq. 18)."""
-    # The positive of anchor i is column nodes[i] of the logits: a softmax cross-entropy.
-    # A node drawn k times in the batch is one row with weight k/n: the same mean.
-    unique, counts = torch.unique(nodes, return_counts=True)
-    a = normalize_rows(anchor.index_select(0, unique)) / temperature
-    return matmul_cross_entropy(
-        a, normalize_rows(other), unique, counts / len(nodes), logit_bound=1.0 / temperature
-    )
+@dataclass(frozen=True)
+class ContrastiveAnchors:
+    """The distinct users and positive items of a batch, the anchors of eq. 18-19.
+
+    A node drawn ``k`` times in a batch of ``n`` is one anchor of weight ``k/n``: the same
+    mean over the batch's draws. ``nodes`` indexes the (U+I) rows: users, then items.
+    """
+
+    users: Tensor
+    user_weights: Tensor
+    items: Tensor
+    item_weights: Tensor
+    nodes: Tensor
+
+    @classmethod
+    def of(cls, batch: Batch, n_users: int) -> ContrastiveAnchors:
+        users, user_counts = torch.unique(batch.users, return_counts=True)
+        items, item_counts = torch.unique(batch.pos_items, return_counts=True)
+        return cls(
+            users=users,
+            user_weights=user_counts / len(batch.users),
+            items=items,
+            item_weights=item_counts / len(batch.pos_items),
+            nodes=torch.cat([users, n_users + items]),
+        )
+
+
+def info_nce(
+    anchors: Tensor, others: Tensor, positives: Tensor, weights: Tensor, temperature: float
+) -> Tensor:
+    """InfoNCE over normalised rows (eq. 18): ``Σ_j weights_j · CE_j``.
+
+    ``anchors`` are unit rows already divided by the temperature and ``others`` unit rows;
+    anchor ``j``'s positive is ``others[positives[j]]`` and its negatives all rows of
+    ``others``: a softmax cross-entropy over the cosine similarities over ``τ``.
+    """
+    return matmul_cross_entropy(anchors, others, positives, weights, logit_bound=1.0 / temperature)
 
 
 class _ParametricTrans(nn.Module):
