@@ -46,7 +46,11 @@ def require_dataset(name: str) -> Path:
 
 
 def git_revision() -> str:
-    """``git rev-parse HEAD``, plus ``-dirty`` when the working tree has any change."""
+    """``git rev-parse HEAD``, plus ``-dirty`` when a tracked file has changed.
+
+    The benchmarks' own outputs (``benchmarks/results``) do not count: a script that
+    runs several trainings rewrites them between runs.
+    """
 
     def git(*args: str) -> str:
         return subprocess.run(
@@ -55,7 +59,9 @@ def git_revision() -> str:
 
     try:
         rev = git("rev-parse", "HEAD")
-        dirty = bool(git("status", "--porcelain", "--untracked-files=no"))
+        status = git("status", "--porcelain", "--untracked-files=no", "--", ".")
+        changed = [line[3:] for line in status.splitlines()]
+        dirty = any(not path.startswith("benchmarks/results/") for path in changed)
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
     return rev + ("-dirty" if dirty else "")
