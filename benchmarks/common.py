@@ -59,8 +59,7 @@ def git_revision() -> str:
 
     try:
         rev = git("rev-parse", "HEAD")
-        status = git("status", "--porcelain", "--untracked-files=no", "--", ".")
-        changed = [line[3:] for line in status.splitlines()]
+        changed = git("diff", "--name-only", "HEAD").splitlines()  # staged or not
         dirty = any(not path.startswith("benchmarks/results/") for path in changed)
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
