@@ -20,6 +20,8 @@ Nothing here knows about recommenders: :class:`GaussianDiffusion` holds the sche
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Literal
 
 import numpy as np
@@ -106,17 +108,20 @@ class Denoiser(nn.Module):
     def forward(self, x_t: Tensor, t: Tensor) -> Tensor:
         return self.layers[-1](self.hidden(self.project_input(x_t), t))
 
-    def project_input(self, x_t: Tensor) -> Tensor:
+    def project_input(self, x_t: Tensor, input_weight_t: Tensor | None = None) -> Tensor:
         """The first layer's product with the row, ``x_t W_x^T`` (no bias, no embedding).
 
         Only the embedding part needs a gradient with respect to its input, so the
         full-size gradient with respect to ``x_t`` is never formed. A sparse CSR ``x_t``
-        (a clean binary row at inference) uses a sparse product.
+        (a clean binary row at inference) uses a sparse product, with ``input_weight_t``
+        (``W_x^T``, contiguous) when the caller has formed it already.
         """
         if x_t.layout == torch.sparse_csr:
             if self.training:
                 raise ValueError("sparse input is for inference (eval mode) only")
-            return torch.sparse.mm(x_t, self.input_weight.T.contiguous())
+            if input_weight_t is None:
+                input_weight_t = self.input_weight.T.contiguous()
+            return torch.sparse.mm(x_t, input_weight_t)
         return F.linear(F.dropout(x_t, self.input_dropout, self.training), self.input_weight)
 
     def hidden(self, projected: Tensor, t: Tensor) -> Tensor:
@@ -129,11 +134,30 @@ class Denoiser(nn.Module):
             h = torch.tanh(layer(h))
         return h
 
-    def output_to_input(self) -> tuple[Tensor, Tensor]:
-        """``(M, v)`` with ``project_input(head(h)) = h M + v``: the linear output layer
-        composed with the first layer's row product (both linear, so they compose)."""
+    @torch.no_grad()
+    def sampling_weights(self) -> SamplingWeights:
+        """The weight products that sampling uses for every batch (see :class:`SamplingWeights`)."""
         head = self.layers[-1]
-        return (self.input_weight @ head.weight).T, self.input_weight @ head.bias
+        return SamplingWeights(
+            input_weight_t=self.input_weight.T.contiguous(),
+            output_to_input=(self.input_weight @ head.weight).T,
+            output_to_input_bias=self.input_weight @ head.bias,
+        )
+
+
+@dataclass(frozen=True)
+class SamplingWeights:
+    """Products of a :class:`Denoiser`'s weights, formed once per sampling pass.
+
+    ``input_weight_t`` is ``W_x^T`` laid out for the sparse product with clean rows;
+    ``(output_to_input, output_to_input_bias) = (M, v)`` with
+    ``project_input(head(h)) = h M + v``: the linear output layer composed with the first
+    layer's row product (both linear, so they compose).
+    """
+
+    input_weight_t: Tensor
+    output_to_input: Tensor
+    output_to_input_bias: Tensor
 
 
 class GaussianDiffusion(nn.Module):
@@ -218,6 +242,15 @@ class GaussianDiffusion(nn.Module):
     def sample(self, denoiser: nn.Module, x0: Tensor, noise_steps: int = 0) -> Tensor:
         """Noise ``x0`` for ``noise_steps`` steps, then denoise through all T steps.
 
+        One batch; :meth:`sampler` serves many batches with the same denoiser.
+        """
+        return self.sampler(denoiser, noise_steps)(x0)
+
+    def sampler(self, denoiser: nn.Module, noise_steps: int = 0) -> Callable[[Tensor], Tensor]:
+        """A function of ``x0`` that noises it for ``noise_steps`` steps, then denoises it
+        through all T steps; the denoiser's weight products are formed once, here, for
+        every batch it is given (the denoiser must not change in between).
+
         Deterministic given the noise (no variance is added on the way back), as in the
         authors' code; with ``noise_steps = 0`` the result depends on ``x0`` only, and
         ``x0`` may be a sparse CSR batch (the first step then uses a sparse product).
@@ -225,21 +258,35 @@ class GaussianDiffusion(nn.Module):
         With a :class:`Denoiser` the steps run in its hidden space: a reverse step
         ``x_{t-1} = c_0 x̂0 + c_t x_t`` is affine and the denoiser's output layer is
         linear, so the next step's first-layer product ``x_{t-1} W_x^T`` equals
-        ``c_0 (h M + v) + c_t (x_t W_x^T)`` (:meth:`Denoiser.output_to_input`). Only the
+        ``c_0 (h M + v) + c_t (x_t W_x^T)`` (:class:`SamplingWeights`). Only the
         first step multiplies a full row and only the last computes one: the same
         result up to float rounding, for about a sixth of the work at the default sizes.
         """
         if not 0 <= noise_steps <= self.steps:
             raise ValueError(f"noise_steps must be in [0, {self.steps}]")
-        b = x0.shape[0]
-        x_t = x0
-        if noise_steps > 0:
-            x_dense = x0.to_dense() if x0.layout == torch.sparse_csr else x0
-            x_t = self.q_sample(x_dense, torch.full((b,), noise_steps - 1, device=x0.device))
-        steps = [torch.full((b,), s, device=x0.device, dtype=torch.long) for s in range(self.steps)]
-        if isinstance(denoiser, Denoiser):
-            return self._sample_in_hidden_space(denoiser, x_t, steps)
-        for t in reversed(steps):
+        weights = denoiser.sampling_weights() if isinstance(denoiser, Denoiser) else None
+
+        @torch.no_grad()
+        def sample_batch(x0: Tensor) -> Tensor:
+            x_t = self._noised(x0, noise_steps)
+            if weights is None:
+                return self._sample_generic(denoiser, x_t)
+            return self._sample_in_hidden_space(denoiser, weights, x_t)
+
+        return sample_batch
+
+    def _noised(self, x0: Tensor, noise_steps: int) -> Tensor:
+        if noise_steps == 0:
+            return x0
+        x_dense = x0.to_dense() if x0.layout == torch.sparse_csr else x0
+        return self.q_sample(x_dense, self._step(noise_steps - 1, x0))
+
+    def _step(self, t: int, like: Tensor) -> Tensor:
+        return torch.full((like.shape[0],), t, device=like.device, dtype=torch.long)
+
+    def _sample_generic(self, denoiser: nn.Module, x_t: Tensor) -> Tensor:
+        for step in reversed(range(self.steps)):
+            t = self._step(step, x_t)
             x0_hat = denoiser(x_t, t)
             if x_t.layout == torch.sparse_csr:
                 x_t = x_t.to_dense()
@@ -247,17 +294,18 @@ class GaussianDiffusion(nn.Module):
         return x_t
 
     def _sample_in_hidden_space(
-        self, denoiser: Denoiser, x_t: Tensor, steps: list[Tensor]
+        self, denoiser: Denoiser, weights: SamplingWeights, x_t: Tensor
     ) -> Tensor:
         # The last reverse step (t = 0) has c_t = 0 (ᾱ_prev = 1): its result is c_0 x̂0.
         assert float(self.posterior_coef_xt[0]) == 0.0
-        out_to_in, out_to_in_bias = denoiser.output_to_input()
-        projected = denoiser.project_input(x_t)
-        for t in reversed(steps[1:]):
+        projected = denoiser.project_input(x_t, weights.input_weight_t)
+        for step in reversed(range(1, self.steps)):
+            t = self._step(step, x_t)
             h = denoiser.hidden(projected, t)
             c_x0 = self._at(self.posterior_coef_x0, t, projected)
             c_xt = self._at(self.posterior_coef_xt, t, projected)
-            projected = c_x0 * torch.addmm(out_to_in_bias, h, out_to_in) + c_xt * projected
-        t = steps[0]
+            out = torch.addmm(weights.output_to_input_bias, h, weights.output_to_input)
+            projected = c_x0 * out + c_xt * projected
+        t = self._step(0, x_t)
         x0_hat = denoiser.layers[-1](denoiser.hidden(projected, t))
         return self._at(self.posterior_coef_x0, t, x0_hat) * x0_hat

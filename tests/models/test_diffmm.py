@@ -114,7 +114,11 @@ def test_generated_graph_is_topk_of_denoised_rows():
     model = DiffMM(small_config(keep_rate=1.0, rebuild_k=2), ds)
     graph = model.generate_graphs()[0].to_dense()
     users = torch.arange(ds.n_users)
-    top = model.denoised_topk(users, 0)
+    top = model.denoised_topk(0)  # in batches of diffusion_batch_size = 8 users
+    # the same as denoising every (dense) row at once
+    rows = model.diffusion.sample(model.denoisers[0].eval(), model._dense_rows(users))
+    expected = torch.topk(rows, 2, dim=1).indices
+    assert torch.equal(top.sort(1).values, expected.sort(1).values)
     # Each user is linked to exactly its top-k items (plus its self-loop).
     linked = graph[: ds.n_users, ds.n_users :] > 0
     assert (linked.sum(1) == 2).all()

@@ -285,14 +285,18 @@ class DiffMM(Recommender):
         return stats
 
     @torch.no_grad()
-    def denoised_topk(self, users: Tensor, modality: int) -> Tensor:
-        """Top-``rebuild_k`` items of the denoised rows of ``users`` (§2.2.3)."""
-        denoiser = self.denoisers[modality]
-        denoiser.eval()
-        x_hat = self.diffusion.sample(
-            denoiser, self._sparse_rows(users), self.config.sampling_steps
+    def denoised_topk(self, modality: int) -> Tensor:
+        """Top-``rebuild_k`` items of every user's denoised row, ``(n_users, k)`` (§2.2.3)."""
+        cfg = self.config
+        denoiser = self.denoisers[modality].eval()
+        sample = self.diffusion.sampler(denoiser, cfg.sampling_steps)
+        users = torch.arange(self.n_users, device=self.user_emb.device)
+        return torch.cat(
+            [
+                torch.topk(sample(self._sparse_rows(batch)), cfg.rebuild_k, dim=1).indices
+                for batch in users.split(cfg.diffusion_batch_size)
+            ]
         )
-        return torch.topk(x_hat, self.config.rebuild_k, dim=1).indices
 
     @torch.no_grad()
     def generate_graphs(self) -> list[Tensor]:
@@ -305,14 +309,7 @@ class DiffMM(Recommender):
         for m in range(len(self.modalities)):
             graph = None
             if ratio > 0:
-                items = torch.cat(
-                    [
-                        self.denoised_topk(users, m)
-                        for users in torch.arange(self.n_users, device=device).split(
-                            cfg.diffusion_batch_size
-                        )
-                    ]
-                )
+                items = self.denoised_topk(m)
                 users = torch.arange(self.n_users, device=device).repeat_interleave(cfg.rebuild_k)
                 graph = topk_bipartite(users, items.reshape(-1), self.n_users, self.n_items)
             if graph is None:
