@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from diffmm.ops import MAX_UNSHIFTED_LOGIT, matmul_cross_entropy, normalize_rows
+from diffmm.ops import MAX_UNSHIFTED_LOGIT, dropout, matmul_cross_entropy, normalize_rows
 
 
 @pytest.mark.parametrize("block_rows", [1, 7, 128])
@@ -87,3 +87,29 @@ def test_normalize_rows_matches_f_normalize_values_and_gradients():
     )
     with pytest.raises(ValueError, match="2-d"):
         normalize_rows(torch.ones(3))
+
+
+@pytest.mark.parametrize("p", [0.2, 0.5])
+def test_dropout_keeps_each_entry_with_probability_one_minus_p_and_rescales(p):
+    torch.manual_seed(0)
+    x = torch.rand(200, 500) + 0.5  # no zeros: a zero in the output means dropped
+    out = dropout(x, p)
+    kept = out != 0
+    n = x.numel()
+    assert abs(kept.sum().item() - (1 - p) * n) < 4 * (p * (1 - p) * n) ** 0.5
+    torch.testing.assert_close(out[kept], x[kept] / (1 - p))
+    # the gradient is the same mask and scale
+    xg = x.clone().requires_grad_()
+    torch.manual_seed(1)
+    dropout(xg, p).sum().backward()
+    torch.manual_seed(1)
+    mask = dropout(torch.ones_like(x), p)
+    torch.testing.assert_close(xg.grad, mask)
+
+
+def test_dropout_is_the_identity_in_eval_and_refuses_p_of_one():
+    x = torch.randn(3, 4)
+    assert dropout(x, 0.5, training=False) is x
+    assert dropout(x, 0.0) is x
+    with pytest.raises(ValueError, match=r"\[0, 1\)"):
+        dropout(x, 1.0)

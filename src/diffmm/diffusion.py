@@ -29,6 +29,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from diffmm.ops import dropout
+
 
 def linear_variance_betas(
     steps: int, noise_scale: float, noise_min: float, noise_max: float, first_beta: float | None
@@ -122,7 +124,7 @@ class Denoiser(nn.Module):
             if input_weight_t is None:
                 input_weight_t = self.input_weight.T.contiguous()
             return torch.sparse.mm(x_t, input_weight_t)
-        return F.linear(F.dropout(x_t, self.input_dropout, self.training), self.input_weight)
+        return F.linear(dropout(x_t, self.input_dropout, self.training), self.input_weight)
 
     def hidden(self, projected: Tensor, t: Tensor) -> Tensor:
         """The last hidden layer's output, given :meth:`project_input` of the row."""

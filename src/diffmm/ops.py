@@ -13,6 +13,10 @@ column scale and the one-hot term go onto the small factors), so the full
 ``(len(a), len(b))`` logits matrix is never stored. For the contrastive loss
 of DiffMM (1024 anchors against every user or item) this halves the time of the loss
 and frees the memory the logits would keep for the backward pass.
+:func:`dropout` is ``F.dropout`` with its mask drawn from uniform samples: on CPU,
+PyTorch's Bernoulli sampler took about four times as long as a uniform draw, a compare
+and a product (30 vs 7 ms for a 256 x 6710 batch of interaction rows, 2 threads), and
+DiffMM drops out every noised row its denoisers see.
 """
 
 from __future__ import annotations
@@ -135,3 +139,14 @@ def matmul_cross_entropy(
         return (weights * F.cross_entropy(a @ b.T, targets, reduction="none")).sum()
     bounded = logit_bound is not None and logit_bound <= MAX_UNSHIFTED_LOGIT
     return _MatmulCrossEntropy.apply(a, b, targets, weights, block_rows, bounded)
+
+
+def dropout(x: Tensor, p: float, training: bool = True) -> Tensor:
+    """``F.dropout(x, p, training)``: each entry kept with probability ``1 - p`` and scaled
+    by ``1 / (1 - p)``, else zero (same distribution, a different random stream)."""
+    if not 0.0 <= p < 1.0:
+        raise ValueError(f"dropout probability must be in [0, 1), got {p}")
+    if not training or p == 0.0:
+        return x
+    keep = torch.rand_like(x).ge_(p)  # uniform u >= p: kept with probability 1 - p
+    return keep.mul_(x).mul_(1.0 / (1.0 - p))
