@@ -315,3 +315,27 @@ def test_aggregation_and_views_follow_equations_20_to_23(n_modalities):
     torch.testing.assert_close(got_main, main)
     for got, expected in zip(got_views, views, strict=True):
         torch.testing.assert_close(got, expected)
+
+
+def test_whole_scoring_graphs_score_in_eval_mode_and_train_on_dropped_ones():
+    torch.manual_seed(0)
+    ds = tiny_dataset(2)
+    model = DiffMM(small_config(scoring_graph="whole", keep_rate=0.5), ds)
+    model.begin_epoch(0)
+    whole, dropped = model.scoring_graphs, model.modality_graphs
+    for w, d in zip(whole, dropped, strict=True):
+        assert d._nnz() < w._nnz()  # dropped: a subset of the entries, scaled by 2
+        torch.testing.assert_close(w.to_dense(), w.to_dense().T)
+    model.eval()
+    with torch.no_grad():
+        scored = model.scores(torch.arange(5))
+        reference = DiffMM(small_config(), ds)
+        reference.load_state_dict(model.state_dict())
+        reference.set_modality_graphs(whole)  # train-mode graphs = the whole ones
+        torch.testing.assert_close(scored, reference.eval().scores(torch.arange(5)))
+        model.train()
+        assert not torch.allclose(model.scores(torch.arange(5)), scored)  # dropped graphs
+    clone = DiffMM(small_config(scoring_graph="whole"), ds)
+    clone.load_state_dict(copy.deepcopy(model.state_dict()))
+    with torch.no_grad():
+        torch.testing.assert_close(clone.eval().scores(torch.arange(5)), scored)

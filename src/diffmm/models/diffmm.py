@@ -111,6 +111,13 @@ class DiffMMConfig(ModelConfig):
     random_graph_keep_rate: float = Field(
         0.5, gt=0, le=1, description="Edge keep rate of that random graph (used when ratio < 1)."
     )
+    scoring_graph: Literal["dropped", "whole"] = Field(
+        "dropped",
+        description="Generated graphs A^m used to score users (evaluation, recommendation): "
+        "the epoch's edge-dropped graphs, as in the authors' code, or the graphs before edge "
+        "dropout (dropout's usual rule at inference: kept entries are scaled by 1/keep_rate "
+        "in training, so the whole graph is their expectation). Not in the paper.",
+    )
 
 
 class DiffMM(Recommender):
@@ -163,14 +170,20 @@ class DiffMM(Recommender):
             for d in self.denoisers
         ]
         # A^m, one sparse (U+I)x(U+I) matrix per modality, regenerated every epoch, and
-        # their transposes for the backward pass (edge dropout breaks the symmetry).
+        # their transposes for the backward pass (edge dropout breaks the symmetry); with
+        # scoring_graph = "whole", also A^m before edge dropout, to score users with.
         self.modality_graphs: list[Tensor] = []
         self._graph_transposes: list[Tensor] = []
+        self.scoring_graphs: list[Tensor] = []
 
-    def set_modality_graphs(self, graphs: list[Tensor]) -> None:
-        """Install the graphs ``A^m`` used by the aggregation and the views."""
+    def set_modality_graphs(
+        self, graphs: list[Tensor], scoring_graphs: list[Tensor] | None = None
+    ) -> None:
+        """Install the graphs ``A^m`` used by the aggregation and the views, and the
+        (symmetric) graphs to use instead in eval mode, if any."""
         self.modality_graphs = list(graphs)
         self._graph_transposes = [transpose_csr(g) for g in self.modality_graphs]
+        self.scoring_graphs = list(scoring_graphs or [])
 
     # ----------------------------------------------------------------- parameters
     def trainable_parameters(self) -> list[nn.Parameter]:
@@ -180,24 +193,34 @@ class DiffMM(Recommender):
 
     def _apply(self, fn, recurse=True):  # keep the generated graphs on the model's device
         module = super()._apply(fn, recurse)
-        self.set_modality_graphs([fn(g) for g in self.modality_graphs])
+        self.set_modality_graphs(
+            [fn(g) for g in self.modality_graphs], [fn(g) for g in self.scoring_graphs]
+        )
         return module
 
     def get_extra_state(self) -> dict[str, Any]:
         """The generated graphs belong to the model's state: scores depend on them."""
-        graphs = [
-            {"crow": g.crow_indices(), "col": g.col_indices(), "values": g.values()}
-            for g in self.modality_graphs
-        ]  # plain tensors: a sparse CSR tensor cannot be deep-copied or pickled everywhere
-        return {"modality_graphs": [{k: v.cpu() for k, v in g.items()} for g in graphs]}
+
+        def plain(g: Tensor) -> dict[str, Tensor]:
+            # plain tensors: a sparse CSR tensor cannot be deep-copied or pickled everywhere
+            parts = {"crow": g.crow_indices(), "col": g.col_indices(), "values": g.values()}
+            return {k: v.cpu() for k, v in parts.items()}
+
+        return {
+            "modality_graphs": [plain(g) for g in self.modality_graphs],
+            "scoring_graphs": [plain(g) for g in self.scoring_graphs],
+        }
 
     def set_extra_state(self, state: dict[str, Any]) -> None:
         device, n = self.user_emb.device, self.n_users + self.n_items
-        graphs = [
-            csr_tensor(g["crow"], g["col"], g["values"], (n, n)).to(device)
-            for g in state["modality_graphs"]
-        ]
-        self.set_modality_graphs(graphs)
+
+        def sparse(g: dict[str, Tensor]) -> Tensor:
+            return csr_tensor(g["crow"], g["col"], g["values"], (n, n)).to(device)
+
+        self.set_modality_graphs(
+            [sparse(g) for g in state["modality_graphs"]],
+            [sparse(g) for g in state.get("scoring_graphs", [])],  # absent before 0.1 runs
+        )
 
     def extra_state_dict(self) -> dict[str, Any]:
         return {"denoiser_optimizers": [o.state_dict() for o in self.denoiser_optimizers]}
@@ -242,7 +265,12 @@ class DiffMM(Recommender):
             stats.update(self.train_diffusion())
             release_free_memory()
         t1 = self._clock()
-        self.set_modality_graphs(self.generate_graphs())
+        if self.config.scoring_graph == "whole":
+            whole = self.generate_graphs(dropped=False)
+            dropped = [edge_dropout(g, self.config.keep_rate) for g in whole]
+            self.set_modality_graphs(dropped, scoring_graphs=whole)
+        else:
+            self.set_modality_graphs(self.generate_graphs())
         t2 = self._clock()
         stats.update(seconds_diffusion=t1 - t0, seconds_graphs=t2 - t1)
         return stats
@@ -299,8 +327,9 @@ class DiffMM(Recommender):
         )
 
     @torch.no_grad()
-    def generate_graphs(self) -> list[Tensor]:
-        """``A^m`` for every modality: generated and/or random graph, edge-dropped."""
+    def generate_graphs(self, dropped: bool = True) -> list[Tensor]:
+        """``A^m`` for every modality: generated and/or random graph, edge-dropped unless
+        ``dropped`` is False."""
         cfg = self.config
         ratio = cfg.diffusion_graph_ratio
         device = self.user_emb.device
@@ -317,7 +346,7 @@ class DiffMM(Recommender):
             elif random_graph is not None:  # paper Fig. 4: a mix of both graphs
                 mixed = ratio * graph.to_sparse_coo() + (1 - ratio) * random_graph.to_sparse_coo()
                 graph = mixed.coalesce().to_sparse_csr()
-            graphs.append(edge_dropout(graph, cfg.keep_rate))
+            graphs.append(edge_dropout(graph, cfg.keep_rate) if dropped else graph)
         return graphs
 
     def _random_graph(self) -> Tensor:
@@ -350,6 +379,9 @@ class DiffMM(Recommender):
         if not self.modality_graphs:
             raise RuntimeError("DiffMM has no modality graphs yet: call begin_epoch() first")
         cfg, n_users = self.config, self.n_users
+        graphs = zip(self.modality_graphs, self._graph_transposes, strict=True)
+        if self.scoring_graphs and not self.training:  # symmetric: their own transposes
+            graphs = zip(self.scoring_graphs, self.scoring_graphs, strict=True)
         weights = torch.softmax(self.modality_logits, dim=0)
         feats = [normalize_rows(f) for f in self.aligned_features()]
         fused_feat = sum(w * f for w, f in zip(weights, feats, strict=True))
@@ -359,9 +391,7 @@ class DiffMM(Recommender):
         ego = torch.cat([self.user_emb, self.item_emb])
         generated = 0
         views_in = []
-        for m, (graph, graph_t) in enumerate(
-            zip(self.modality_graphs, self._graph_transposes, strict=True)
-        ):
+        for m, (graph, graph_t) in enumerate(graphs):
             g = spmm(graph, ego, transpose=graph_t)
             if with_views:
                 user_feat = torch.cat([self.user_emb, feats[m]])
