@@ -14,10 +14,12 @@ variant and seed), so the script can be run in pieces; every run rewrites
     .venv/bin/python benchmarks/diffmm_tiktok.py --seeds 421 --variants DiffMM
     .venv/bin/python benchmarks/diffmm_tiktok.py --speed 3    # time 3 epochs of the current code
     .venv/bin/python benchmarks/diffmm_tiktok.py --variants '' --tune n_layers=2,temperature=0.2
+    .venv/bin/python benchmarks/diffmm_tiktok.py --variants '' --seeds 422 --tune n_layers=2
 
 ``--tune`` tries settings one at a time on top of the preset with the first seed; the
 report ranks them with the preset's run of that seed on validation Recall@20 (test is
-shown, never used to choose).
+shown, never used to choose). Running a setting again with other seeds (``--seeds``)
+adds a row for it to the accuracy table, over all its seeds.
 
 The speed run trains DiffMM (seed 421) for a few epochs only and records the time of
 each phase and the peak memory of the code as it is now; the reports' speed figures
@@ -108,7 +110,9 @@ def accuracy_row(label: str, runs: list[dict[str, Any]]) -> str:
 
 def tuning_section(records: dict[str, dict[str, Any]]) -> list[str]:
     """Settings tried one at a time against the preset, same seed, chosen on validation."""
-    tried = [r for r in records.values() if r["variant"].startswith(TUNE)]
+    tried = sorted(
+        (r for r in records.values() if r["variant"].startswith(TUNE)), key=lambda r: r["seed"]
+    )
     if not tried:
         return []
     seed = tried[0]["seed"]
@@ -167,6 +171,14 @@ def write_reports(records: dict[str, dict[str, Any]]) -> None:
         runs = [r for r in records.values() if r["variant"] == variant]
         if runs and variant != "DiffMM":
             lines.append(accuracy_row(variant, runs))
+    for variant in sorted(
+        {r["variant"] for r in records.values() if r["variant"].startswith(TUNE)}
+    ):
+        runs = sorted(
+            (r for r in records.values() if r["variant"] == variant), key=lambda r: r["seed"]
+        )
+        if len(runs) > 1:  # a setting confirmed with more seeds
+            lines.append(accuracy_row(f"DiffMM, {variant.removeprefix(TUNE)}", runs))
     if lightgcn is not None:
         lines.append(f"| LightGCN (baselines.md) | | – | {lightgcn:.4f} | – | – | – | – | – |")
     lines.append(
