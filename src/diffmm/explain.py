@@ -55,7 +55,7 @@ def explain_user(rec: TrainedRecommender, user_id: Any, top: int = 10) -> dict[s
         )
         scores, items = torch.topk(row[0], min(top, rec.n_items))
         items_np = items.cpu().numpy()
-        graph = model.modality_graphs[m]
+        graph = (model.scoring_graphs or model.modality_graphs)[m]  # the graph scored with
         crow, col = graph.crow_indices(), graph.col_indices()
         linked = set((col[crow[u] : crow[u + 1]] - model.n_users).cpu().tolist())
         feats = _unit(data.features[name])

@@ -219,7 +219,7 @@ class DiffMM(Recommender):
 
         self.set_modality_graphs(
             [sparse(g) for g in state["modality_graphs"]],
-            [sparse(g) for g in state.get("scoring_graphs", [])],  # absent before 0.1 runs
+            [sparse(g) for g in state.get("scoring_graphs", [])],  # absent in older runs
         )
 
     def extra_state_dict(self) -> dict[str, Any]:
