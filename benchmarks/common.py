@@ -45,18 +45,19 @@ def require_dataset(name: str) -> Path:
     return path
 
 
+def git(*args: str) -> str:
+    """Run ``git`` in the repository; its standard output, stripped."""
+    return subprocess.run(
+        ["git", *args], cwd=REPO, capture_output=True, text=True, check=True
+    ).stdout.strip()
+
+
 def git_revision() -> str:
     """``git rev-parse HEAD``, plus ``-dirty`` when a tracked file has changed.
 
     The benchmarks' own outputs (``benchmarks/results``) do not count: a script that
     runs several trainings rewrites them between runs.
     """
-
-    def git(*args: str) -> str:
-        return subprocess.run(
-            ["git", *args], cwd=REPO, capture_output=True, text=True, check=True
-        ).stdout.strip()
-
     try:
         rev = git("rev-parse", "HEAD")
         changed = git("diff", "--name-only", "HEAD").splitlines()  # staged or not
@@ -121,17 +122,25 @@ def train_command(model: str, data: Path, run_dir: Path, preset: str | None, set
     return cmd
 
 
-def run_training(cmd: list[str], run_dir: Path) -> dict[str, Any]:
+def run_training(
+    cmd: list[str], run_dir: Path, env: dict[str, str] | None = None
+) -> dict[str, Any]:
     """Run one ``diffmm train`` in a child process; its summary and per-epoch log.
 
-    A child process gives each run its own peak RSS and a clean timing.
+    A child process gives each run its own peak RSS and a clean timing. ``env`` replaces
+    the child's environment (e.g. a ``PYTHONPATH`` to another checkout's code).
     """
     shutil.rmtree(run_dir, ignore_errors=True)  # the benchmark's own run: start afresh
     run_dir.mkdir(parents=True)
     exe = Path(sys.executable).with_name("diffmm")
     with (run_dir / "stdout.txt").open("w") as out:
         subprocess.run(
-            [str(exe), *cmd[1:]], cwd=REPO, check=True, stdout=out, stderr=subprocess.STDOUT
+            [str(exe), *cmd[1:]],
+            cwd=REPO,
+            env=env,
+            check=True,
+            stdout=out,
+            stderr=subprocess.STDOUT,
         )
     summary = json.loads((run_dir / "summary.json").read_text())
     log = [json.loads(line) for line in (run_dir / "log.jsonl").read_text().splitlines()]

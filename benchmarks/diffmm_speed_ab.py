@@ -19,7 +19,6 @@ import argparse
 import json
 import os
 import shlex
-import shutil
 import statistics
 import subprocess
 import sys
@@ -29,25 +28,21 @@ from typing import Any
 
 from common import (
     PHASES,
-    REPO,
     RESULTS,
     RUNS,
     gemm_gflops,
+    git,
+    git_revision,
     machine_info,
     phase_medians,
     require_dataset,
+    run_training,
     train_command,
     write_atomic,
 )
 
 #: The phases compared (the checkpoint write is outside the epoch).
 COMPARED = [k for k in PHASES if k != "seconds_checkpoint"]
-
-
-def git(*args: str) -> str:
-    return subprocess.run(
-        ["git", *args], cwd=REPO, capture_output=True, text=True, check=True
-    ).stdout.strip()
 
 
 def resolve(rev: str) -> str:
@@ -68,7 +63,6 @@ def time_run(worktree: Path, run_dir: Path, epochs: int, data: Path) -> dict[str
     ]
     cmd = train_command("diffmm", data, run_dir, "tiktok", sets)
     env = {**os.environ, "PYTHONPATH": str(worktree / "src")}
-    exe = Path(sys.executable).with_name("diffmm")
     where = subprocess.run(
         [sys.executable, "-c", "import diffmm; print(diffmm.__file__)"],
         env=env,
@@ -78,23 +72,11 @@ def time_run(worktree: Path, run_dir: Path, epochs: int, data: Path) -> dict[str
     ).stdout.strip()
     if not Path(where).is_relative_to(worktree):
         sys.exit(f"the run would import diffmm from {where}, not from {worktree}")
-    shutil.rmtree(run_dir, ignore_errors=True)  # the benchmark's own run: start afresh
-    run_dir.mkdir(parents=True)
-    with (run_dir / "stdout.txt").open("w") as out:
-        subprocess.run(
-            [str(exe), *cmd[1:]],
-            cwd=REPO,
-            env=env,
-            check=True,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
-    summary = json.loads((run_dir / "summary.json").read_text())
-    log = [json.loads(line) for line in (run_dir / "log.jsonl").read_text().splitlines()]
+    result = run_training(cmd, run_dir, env=env)
     return {
-        "command": shlex.join(cmd),
-        "phases_median": phase_medians(log),
-        "peak_rss_mb": summary["peak_rss_mb"],
+        "command": result["command"],
+        "phases_median": phase_medians(result["log"]),
+        "peak_rss_mb": result["summary"]["peak_rss_mb"],
     }
 
 
@@ -160,7 +142,7 @@ def main() -> None:
         parser.error("--rounds and --epochs must be at least 1")
     data = require_dataset("tiktok")
     revs = {"baseline": resolve(args.baseline), "candidate": resolve(args.candidate)}
-    revs["script"] = git("rev-parse", "HEAD")
+    revs["script"] = git_revision()  # the code running this script
     command = "python benchmarks/diffmm_speed_ab.py " + shlex.join(sys.argv[1:])
     runs: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="diffmm-ab-") as tmp:
