@@ -41,7 +41,7 @@ def read_item_table(path: str | Path) -> tuple[pd.DataFrame, str]:
     """An item table and the name of its item id column."""
     path = Path(path)
     df = read_table(path, dtype=str, keep_default_na=False)
-    id_col = _find_col(df, ITEM_COLS)
+    id_col = _find_col(df, ITEM_COLS, path)
     if id_col is None:
         raise DataError(f"{path}: no item id column (one of {ITEM_COLS})")
     if df.empty:

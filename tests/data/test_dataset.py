@@ -55,21 +55,28 @@ def test_accepts_sparse_matrices_and_drops_explicit_zeros():
 def test_duplicates_counted_and_kept_once_leaks_counted_and_warned():
     train = pairs((0, 0), (0, 0), (0, 0), (1, 1), (2, 2))  # 2 duplicates
     valid = pairs((0, 0), (1, 3))  # (0,0) leaks
-    test = pairs((1, 1), (1, 1), (2, 3))  # 1 duplicate, (1,1) leaks
-    with pytest.warns(UserWarning, match="2 .* in train and also in valid/test"):
+    test = pairs((1, 2), (1, 2), (2, 3))  # 1 duplicate
+    with pytest.warns(UserWarning, match="1 .* in train and also in valid"):
         ds = small(train=train, valid=valid, test=test)
     assert ds.duplicates == 3
-    assert ds.leaks == 2
+    assert ds.leaks == 1
     assert ds.train.nnz == 3 and ds.test.nnz == 2
     # leaks are reported, not removed
     assert ds.valid[0, 0] == 1 and ds.train[0, 0] == 1
 
 
-def test_pair_in_valid_and_test_only_is_not_a_leak():
+@pytest.mark.parametrize(
+    ("valid", "test", "needle"),
+    [
+        (pairs((0, 2)), pairs((0, 2)), r"1 test pair\(s\) are also in valid"),
+        (pairs((0, 2)), pairs((0, 0), (1, 1)), r"1 test pair\(s\) are also in train"),
+    ],
+)
+def test_test_pairs_in_another_split_are_refused(valid, test, needle):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        ds = small(valid=pairs((0, 2)), test=pairs((0, 2)))
-    assert ds.leaks == 0
+        with pytest.raises(DataError, match=needle):
+            small(valid=valid, test=test, train=pairs((0, 0), (0, 1), (1, 2)))
 
 
 @pytest.mark.parametrize(
@@ -111,7 +118,8 @@ def test_features_normalised_to_float32_c_contiguous():
             np.array([[0, np.nan], [np.inf, 0], [0, 0], [1, 1]]),
             r"NaN or inf values in 2 row\(s\) \(first rows: \[0, 1\]\)",
         ),
-        (np.full((4, 1), 1e300), r"NaN or inf values in 4 row"),  # overflows float32
+        (np.full((4, 1), 1e300), r"too large for float32 .* in 4 row"),  # finite, not NaN
+        (np.zeros((4, 0)), r"has 0 columns"),
         (np.array([["a"], ["b"], ["c"], ["d"]]), "non-numeric dtype"),
     ],
 )

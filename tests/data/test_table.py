@@ -62,7 +62,7 @@ def test_numeric_split_codes_and_x_label(tmp_path):
 
 
 def test_integer_ids_sorted_numerically(tmp_path):
-    df = pd.DataFrame({"user": [10, 9, 100], "item": [3, 20, 1], "split": ["train"] * 3})
+    df = pd.DataFrame({"user": [10, 9, 100], "item": [3, 20, 1], "split": ["train"] * 2 + ["test"]})
     df.to_csv(tmp_path / "t.csv", index=False)
     ds = load_dataset(tmp_path / "t.csv")
     assert ds.user_ids.tolist() == [9, 10, 100]
@@ -76,11 +76,18 @@ def test_directory_with_single_interactions_file(tmp_path):
 
 
 def test_leak_counted(tmp_path):
-    rows = ROWS + [("alice", "i1", "test")]
+    rows = ROWS + [("alice", "i1", "valid")]
     pd.DataFrame(rows, columns=["user", "item", "split"]).to_csv(tmp_path / "t.csv", index=False)
-    with pytest.warns(UserWarning, match="in train and also in valid/test"):
+    with pytest.warns(UserWarning, match="in train and also in valid .*user 'alice', item 'i1'"):
         ds = load_dataset(tmp_path / "t.csv")
     assert ds.leaks == 1
+
+
+def test_test_pair_also_in_train_is_refused(tmp_path):
+    rows = ROWS + [("alice", "i1", "test")]
+    pd.DataFrame(rows, columns=["user", "item", "split"]).to_csv(tmp_path / "t.csv", index=False)
+    with pytest.raises(DataError, match=r"t.csv: 1 test pair\(s\) are also in train"):
+        load_dataset(tmp_path / "t.csv")
 
 
 def test_missing_user_column_lists_columns(tmp_path):

@@ -7,7 +7,6 @@ interactions and features; every loader goes through it.
 from __future__ import annotations
 
 import hashlib
-import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -15,6 +14,13 @@ from typing import Any
 import numpy as np
 import scipy.sparse as sp
 
+from diffmm.data.checks import (
+    check_features,
+    check_interaction_values,
+    check_overlaps,
+    check_sizes,
+    needs_size_check,
+)
 from diffmm.errors import DataError, UnknownIdError
 
 SPLITS = ("train", "valid", "test")
@@ -34,7 +40,8 @@ class Dataset:
         features: modality name -> float32 ``(n_items, d)`` matrix, finite; row i is item i.
         user_ids, item_ids: the raw id of each index (``user_ids[u]`` is user u's raw id).
         duplicates: pairs that appeared more than once in the input (kept once).
-        leaks: pairs that are in train and also in valid or test (reported, not removed).
+        leaks: pairs that are in train and also in valid (reported, not removed; a test
+            pair also in train or valid is refused, see :mod:`diffmm.data.checks`).
         source: where the data came from (a path, or "synthetic(...)").
     """
 
@@ -103,13 +110,28 @@ class Dataset:
 def match_ids(known: np.ndarray, raw: np.ndarray) -> np.ndarray:
     """Position of each ``raw`` id in ``known`` (any order), -1 where absent.
 
-    Integer ids given as strings (and the reverse) are matched by value.
+    Ids match as they are written. An integer id also matches its decimal string ("17"
+    and 17), but no other spelling of it ("017", "+17", " 17", "-0"). A string ending
+    in NUL matches nothing: numpy's fixed-width strings drop trailing NULs, which would
+    make "u1\\x00" match "u1" (pass ids that may hold them as an object array).
     """
     known = np.asarray(known)
     raw = np.asarray(raw)
+    idx = _match(known, raw)
+    if raw.dtype.kind == "O":  # still as given: astype(str) would turn "u1\x00" into "u1"
+        idx[_ends_in_nul(raw)] = -1
+    return idx
+
+
+def _ends_in_nul(raw: np.ndarray) -> np.ndarray:
+    flags = (isinstance(v, str) and v.endswith("\x00") for v in raw.ravel().tolist())
+    return np.fromiter(flags, dtype=bool, count=raw.size).reshape(raw.shape)
+
+
+def _match(known: np.ndarray, raw: np.ndarray) -> np.ndarray:
     if known.dtype.kind in "iu" and raw.dtype.kind not in "iu":
         values, ok = _parse_int64(raw)
-        idx = match_ids(known, values)
+        idx = _match(known, values)
         idx[~ok] = -1
         return idx
     elif known.dtype.kind not in "iu" and raw.dtype.kind in "iu":
@@ -127,7 +149,8 @@ def match_ids(known: np.ndarray, raw: np.ndarray) -> np.ndarray:
 def _parse_int64(raw: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """``(values, ok)``: each id as an int64 where it is one (e.g. "42", 42.0), else ok=False.
 
-    Ids that are not integers, or do not fit in int64, are not parsed (never an error).
+    Ids that are not integers, or do not fit in int64, are not parsed (never an error);
+    nor are strings other than an integer's own decimal form ("017", "-0", " 42").
     """
     raw = np.asarray(raw)
     if raw.dtype.kind == "b":
@@ -135,7 +158,7 @@ def _parse_int64(raw: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     if raw.dtype.kind == "f":
         ok = np.isfinite(raw) & (raw == np.round(raw)) & (np.abs(raw) < 2**62)
         return np.where(ok, raw, 0).astype(np.int64), ok
-    text = np.char.strip(raw.astype(str))
+    text = raw.astype(str)
     digits = np.char.lstrip(text, "-")
     ok = (
         np.char.isdecimal(digits)
@@ -145,11 +168,24 @@ def _parse_int64(raw: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     values = np.zeros(raw.shape, dtype=np.int64)
     if ok.any():
         values[ok] = text[ok].astype(np.int64)
+        ok &= values.astype(str) == text  # "017" and "-0" are other ids than 17 and 0
     return values, ok
 
 
-def _lookup(raw_ids: Any, known: np.ndarray | None, n: int, kind: str, source: str) -> np.ndarray:
+def as_id_array(raw_ids: Any) -> np.ndarray:
+    """Ids given by a caller as a 1-D array, strings kept exactly as given.
+
+    numpy's fixed-width strings drop trailing NULs ("u1\x00" would become "u1"), so
+    string ids are kept as an object array.
+    """
     raw = np.atleast_1d(np.asarray(raw_ids))
+    if raw.dtype.kind == "U" and not isinstance(raw_ids, np.ndarray):
+        raw = np.atleast_1d(np.asarray(raw_ids, dtype=object))
+    return raw
+
+
+def _lookup(raw_ids: Any, known: np.ndarray | None, n: int, kind: str, source: str) -> np.ndarray:
+    raw = as_id_array(raw_ids)
     if known is None:
         known = np.arange(n, dtype=np.int64)
     idx = match_ids(known, raw)
@@ -163,9 +199,11 @@ def _lookup(raw_ids: Any, known: np.ndarray | None, n: int, kind: str, source: s
     return idx
 
 
-def preview(values: np.ndarray, k: int = 5) -> str:
-    shown = ", ".join(repr(v.item() if hasattr(v, "item") else v) for v in values[:k])
-    return f"[{shown}{', ...' if len(values) > k else ''}]"
+def preview(values: np.ndarray, k: int = 5, width: int = 40) -> str:
+    """The first ``k`` values as ``[a, b, ...]``, each cut to ``width`` characters."""
+    shown = [repr(v.item() if hasattr(v, "item") else v) for v in values[:k]]
+    shown = [s if len(s) <= width else s[: width - 3] + "..." for s in shown]
+    return f"[{', '.join(shown)}{', ...' if len(values) > k else ''}]"
 
 
 def _pairs(split: str, data: SplitInput, where: str) -> tuple[np.ndarray, np.ndarray]:
@@ -176,6 +214,7 @@ def _pairs(split: str, data: SplitInput, where: str) -> tuple[np.ndarray, np.nda
             rows, cols, values = np.asarray(coo.row), np.asarray(coo.col), np.asarray(coo.data)
         except (ValueError, IndexError, TypeError, AttributeError) as exc:
             raise DataError(f"{where}: the {split} matrix is inconsistent ({exc})") from exc
+        check_interaction_values(values, where, f"{split} matrix")
         keep = values != 0
         return rows[keep].astype(np.int64), cols[keep].astype(np.int64)
     try:
@@ -222,36 +261,6 @@ def _csr_from_keys(keys: np.ndarray, n_users: int, n_items: int) -> sp.csr_matri
     return m
 
 
-def check_features(name: str, values: Any, n_items: int, where: str) -> np.ndarray:
-    """Validate one feature matrix; return it as float32 C-contiguous ``(n_items, d)``."""
-    arr = np.asarray(values)
-    if arr.ndim != 2:
-        raise DataError(
-            f"{where}: feature {name!r} has shape {arr.shape}; expected a 2-D "
-            f"(n_items={n_items}, d) matrix"
-        )
-    if arr.dtype.kind not in "biuf":
-        raise DataError(f"{where}: feature {name!r} has non-numeric dtype {arr.dtype}")
-    if arr.shape[0] != n_items:
-        raise DataError(
-            f"{where}: feature {name!r} has {arr.shape[0]} rows but the dataset has "
-            f"{n_items} items; give one row per item (row i = item i)"
-        )
-    with np.errstate(over="ignore"):
-        arr = np.ascontiguousarray(arr, dtype=np.float32)
-    # In blocks of rows: a boolean copy of a large matrix would cost as much as its rows.
-    bad_rows = np.concatenate(
-        [~np.isfinite(arr[i : i + 4096]).all(axis=1) for i in range(0, len(arr), 4096)]
-        or [np.zeros(0, dtype=bool)]
-    )
-    if bad_rows.any():
-        raise DataError(
-            f"{where}: feature {name!r} has NaN or inf values in {bad_rows.sum()} row(s) "
-            f"(first rows: {preview(np.flatnonzero(bad_rows))}); clean or impute them"
-        )
-    return arr
-
-
 def build_dataset(
     name: str,
     n_users: int,
@@ -266,15 +275,20 @@ def build_dataset(
 ) -> Dataset:
     """Validate and normalise interactions and features into a :class:`Dataset`.
 
-    Each split is a pair ``(users, items)`` of integer index arrays or a sparse matrix.
-    Ids must be in range; duplicate pairs are kept once and counted; pairs of train
-    that are also in valid or test are counted as ``leaks`` (with a warning), not removed.
-    Raises :class:`DataError` for any invalid input, naming ``source``.
+    Each split is a pair ``(users, items)`` of integer index arrays or a sparse matrix
+    (stored values finite and not negative; zeros are dropped). Ids must be in range, and
+    not imply far more users/items than the interactions use; duplicate pairs are kept
+    once and counted. Train and test must not be empty. A test pair also in train or
+    valid is refused; pairs of train also in valid are counted as ``leaks`` (with a
+    warning), not removed (see :mod:`diffmm.data.checks`). Raises :class:`DataError` for
+    any invalid input, naming ``source``.
     """
     where = source or name
     n_users, n_items = int(n_users), int(n_items)
     if n_users <= 0 or n_items <= 0:
         raise DataError(f"{where}: the dataset has {n_users} users and {n_items} items")
+    too_large = n_users * n_items >= 2**63  # keys user * n_items + item would overflow
+    used: dict[str, list[np.ndarray]] = {"user": [], "item": []}
     keys: dict[str, np.ndarray] = {}
     duplicates = 0
     for split, data in zip(SPLITS, (train, valid, test), strict=True):
@@ -286,21 +300,28 @@ def build_dataset(
             )
         _check_range(split, users, n_users, "user", where)
         _check_range(split, items, n_items, "item", where)
-        raw = users * n_items + items
-        keys[split] = np.unique(raw)
-        duplicates += len(raw) - len(keys[split])
+        for kind, ids, n in (("user", users, n_users), ("item", items, n_items)):
+            if needs_size_check(n):
+                used[kind].append(np.unique(ids))
+        if not too_large:
+            raw = users * n_items + items
+            keys[split] = np.unique(raw)
+            duplicates += len(raw) - len(keys[split])
+    check_sizes(n_users, used["user"], "user", where)
+    check_sizes(n_items, used["item"], "item", where, backed=bool(features))
+    if too_large:
+        raise DataError(f"{where}: {n_users:,} users x {n_items:,} items is too large to index")
     if len(keys["train"]) == 0:
         raise DataError(f"{where}: the train split is empty; a dataset needs train interactions")
-    held_out = np.union1d(keys["valid"], keys["test"])
-    leaks = len(np.intersect1d(keys["train"], held_out, assume_unique=True))
-    if leaks:
-        warnings.warn(
-            f"{where}: {leaks} (user, item) pair(s) are in train and also in valid/test",
-            stacklevel=2,
+    if len(keys["test"]) == 0:
+        raise DataError(
+            f"{where}: the test split is empty, so every test metric would be 0; give test "
+            "interactions (x_label 2, split 'test', or a non-empty tstMat.pkl)"
         )
-    feats = {str(k): check_features(str(k), v, n_items, where) for k, v in (features or {}).items()}
     uid = _ids(user_ids, n_users, "user", where)
     iid = _ids(item_ids, n_items, "item", where)
+    leaks = check_overlaps(keys, n_items, where, uid, iid)["train&valid"]
+    feats = {str(k): check_features(str(k), v, n_items, where) for k, v in (features or {}).items()}
     mats = {s: _csr_from_keys(keys[s], n_users, n_items) for s in SPLITS}
     return Dataset(
         name=name,

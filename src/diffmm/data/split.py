@@ -23,13 +23,13 @@ import json
 import logging
 import os
 import stat
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 
-from diffmm.errors import DataError
+from diffmm.errors import DataError, WriteError
+from diffmm.utils import atomic_write, atomic_write_json
 
 log = logging.getLogger("diffmm.data")
 
@@ -114,18 +114,6 @@ def _writable(directory: Path) -> bool:
     return os.access(directory, os.W_OK) and bool(stat.S_IMODE(mode) & 0o222)
 
 
-def _atomic_write(path: Path, write: Callable[[Path], None]) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(Path(tmp))
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def _read_cache(
     path: Path, checksum: str, users: np.ndarray, items: np.ndarray
 ) -> np.ndarray | None:
@@ -159,9 +147,9 @@ def _write_cache(
         raise PermissionError(f"{path.parent} is read-only")
     path.parent.mkdir(parents=True, exist_ok=True)
     df = pd.DataFrame({"user": users, "item": items, "split": np.asarray(SPLIT_NAMES)[labels]})
-    _atomic_write(path, lambda p: df.to_csv(p, index=False))
+    atomic_write(path, lambda fh: df.to_csv(fh, index=False))
     meta = {"source_sha256": checksum, "rows": len(users)}
-    _atomic_write(path.with_suffix(".json"), lambda p: p.write_text(json.dumps(meta)))
+    atomic_write_json(path.with_suffix(".json"), meta)
 
 
 def cached_split(
@@ -190,7 +178,7 @@ def cached_split(
     for path in paths:
         try:
             _write_cache(path, checksum, raw_users, raw_items, labels)
-        except OSError as exc:
+        except (OSError, WriteError) as exc:
             errors.append(f"{path}: {exc}")
             continue
         log.info("saved the %s split to %s", method, path)

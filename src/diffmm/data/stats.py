@@ -6,15 +6,26 @@ from typing import Any
 
 import numpy as np
 
+from diffmm.data.checks import PAIRS
 from diffmm.data.dataset import SPLITS, Dataset
 
 
+def split_overlaps(ds: Dataset) -> dict[str, int]:
+    """The (user, item) pairs each two splits share: ``{"train&valid": n, ...}``."""
+    return {
+        f"{a}&{b}": int(ds.split(a).astype(bool).multiply(ds.split(b).astype(bool)).nnz)
+        for a, b in PAIRS
+    }
+
+
 def dataset_stats(ds: Dataset) -> dict[str, Any]:
-    """Sizes, per-split counts, density, features, cold users/items, duplicates, leaks.
+    """Sizes, per-split counts, density, features, cold users/items, duplicates, overlaps.
 
     ``cold_users``/``cold_items``: users/items with no train interaction (they may still
     appear in valid/test). ``users_with_valid``/``users_with_test``: users with at least one
-    valid/test item. ``density``: all interactions / (users x items).
+    valid/test item. ``density``: all interactions / (users x items). ``overlaps``: pairs
+    shared by each two splits; ``leaks``: train pairs also in valid (a
+    test pair also in another split is refused when the data are loaded).
     """
     nnz = {s: int(ds.split(s).nnz) for s in SPLITS}
     train = ds.train
@@ -34,6 +45,7 @@ def dataset_stats(ds: Dataset) -> dict[str, Any]:
         "users_with_test": int((np.diff(ds.test.indptr) > 0).sum()),
         "duplicates": int(ds.duplicates),
         "leaks": int(ds.leaks),
+        "overlaps": split_overlaps(ds),
     }
 
 
@@ -58,7 +70,8 @@ def format_stats(stats: dict[str, Any]) -> str:
         ("users with valid", f"{stats['users_with_valid']:,}"),
         ("users with test", f"{stats['users_with_test']:,}"),
         ("duplicates", f"{stats['duplicates']:,} (kept once)"),
-        ("leaks", f"{stats['leaks']:,} (train pairs also in valid/test)"),
+        ("leaks", f"{stats['leaks']:,} (train pairs also in valid)"),
+        ("overlaps", " / ".join(f"{k} {v:,}" for k, v in stats["overlaps"].items())),
     ]
     width = max(len(k) for k, _ in rows)
     return "\n".join(f"{k:<{width}}  {v}" for k, v in rows)

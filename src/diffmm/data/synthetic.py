@@ -22,6 +22,14 @@ from diffmm.data.split import split_labels
 from diffmm.errors import DataError
 
 
+def is_synthetic_spec(data: str) -> bool:
+    """Whether ``data`` names the built-in synthetic data: ``synthetic`` or ``synthetic:...``.
+
+    Anything else, such as a file ``synthetic_clicks.csv``, is a path.
+    """
+    return data == "synthetic" or data.startswith("synthetic:")
+
+
 def _top_k_items(
     rng: np.random.Generator, logits: np.ndarray, k: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray]:
