@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from diffmm.diffusion import Denoiser, GaussianDiffusion, linear_variance_betas, timestep_embedding
+from diffmm.errors import ConfigError
 
 
 def closed_form_schedule(steps=5, s=0.1, lo=1e-4, hi=0.02, first_beta=1e-4):
@@ -68,6 +69,53 @@ def test_posterior_coefficients_sum_to_one_on_the_mean_of_x0():
         torch.testing.assert_close(d.posterior_mean(x0, x_t, t), math.sqrt(prev) * x0)
 
 
+@pytest.mark.parametrize(
+    ("kwargs", "needles"),
+    [
+        ({"noise_min": 0.5, "noise_max": 0.02}, ["noise_min (0.5)", "noise_max (0.02)"]),
+        ({"noise_min": 0.02, "noise_max": 0.02}, ["noise_min", "noise_max"]),
+        ({"noise_min": 0.0}, ["noise_min", "(0, 1)"]),
+        ({"noise_max": 1.0}, ["noise_max", "(0, 1)"]),
+        ({"noise_max": float("nan")}, ["noise_max"]),
+        ({"noise_scale": 0.0}, ["noise_scale", "(0, 1]"]),
+        ({"noise_scale": 2.0}, ["noise_scale", "(0, 1]"]),
+        ({"noise_scale": float("inf")}, ["noise_scale"]),
+        ({"steps": 0}, ["steps", ">= 1"]),
+        ({"steps": 2.5}, ["steps", "integer"]),
+        ({"first_beta": 1.0}, ["first_beta", "(0, 1)"]),
+        ({"first_beta": -1e-4}, ["first_beta"]),
+    ],
+)
+def test_an_impossible_schedule_is_refused(kwargs, needles):
+    with pytest.raises(ConfigError) as info:
+        GaussianDiffusion(**kwargs)
+    for needle in needles:
+        assert needle in str(info.value)
+
+
+def test_every_accepted_schedule_is_finite_and_noises_more_each_step():
+    for steps, s, lo, hi in [(1, 1.0, 0.5, 0.9), (5, 1.0, 1e-4, 0.999), (50, 0.1, 1e-4, 0.02)]:
+        d = GaussianDiffusion(steps, s, lo, hi)
+        for name in ("betas", "posterior_coef_x0", "posterior_coef_xt", "elbo_weight"):
+            assert torch.isfinite(getattr(d, name)).all(), (steps, name)
+        assert (d.betas > 0).all() and (d.alphas_cumprod.diff() < 0).all()
+
+
+@pytest.mark.parametrize(
+    ("args", "needle"),
+    [
+        ((0, [8]), "n_items"),
+        ((10, [8, 0]), "hidden"),
+        ((10, [8], 0), "step_embedding_dim"),
+        ((10, [8], 4, 1.0), "dropout"),
+        ((10, [8], 4, -0.1), "dropout"),
+    ],
+)
+def test_an_impossible_denoiser_is_refused(args, needle):
+    with pytest.raises(ConfigError, match=needle):
+        Denoiser(*args)
+
+
 def test_q_sample_uses_the_schedule():
     d = GaussianDiffusion()
     x0, noise = torch.ones(2, 4), torch.full((2, 4), 2.0)
@@ -91,7 +139,7 @@ def test_denoiser_shapes_init_and_dropout_only_in_training():
     assert net.layers[-1].out_features == 50
     first = torch.cat([net.input_weight, net.step_weight], dim=1)  # the authors' Linear(60, 20)
     assert first.std().item() == pytest.approx(math.sqrt(2 / (60 + 20)), rel=0.1)
-    with pytest.raises(ValueError, match="hidden layer"):
+    with pytest.raises(ConfigError, match="hidden layer"):
         Denoiser(50, [])
     x, t = torch.rand(4, 50), torch.tensor([0, 1, 2, 3])
     net.eval()

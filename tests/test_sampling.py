@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pytest
 import scipy.sparse as sp
 
+from diffmm.errors import DataError
 from diffmm.sampling import NegativeSampler, bpr_epoch_batches, n_bpr_batches, sample_negatives
 from helpers import csr
 
@@ -52,11 +55,33 @@ def test_deterministic_under_seed():
     assert not np.array_equal(a, c)
 
 
-def test_user_with_every_item_is_refused():
+def test_no_negative_for_a_user_with_every_item():
     train = csr([[1, 1], [1, 0]])
-    with pytest.raises(ValueError, match="every item"):
-        sample_negatives(train, np.array([1, 0]), np.random.default_rng(0))
-    assert sample_negatives(train, np.array([1, 1]), np.random.default_rng(0)).tolist() == [1, 1]
+    with pytest.warns(UserWarning, match="1 user"):
+        sampler = NegativeSampler(train)
+    with pytest.raises(DataError, match=r"every item in training \(e.g. user 0\)"):
+        sampler.sample(np.array([1, 0]), np.random.default_rng(0))
+    assert sampler.sample(np.array([1, 1]), np.random.default_rng(0)).tolist() == [1, 1]
+
+
+def test_epoch_batches_leave_out_users_with_every_item():
+    dense = np.array([[1, 1, 1], [1, 0, 0], [0, 1, 1], [1, 1, 1]])
+    train = csr(dense)
+    with pytest.warns(UserWarning, match=r"2 user\(s\) interacted with every item"):
+        batches = list(bpr_epoch_batches(train, 2, np.random.default_rng(0)))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert len(batches) == n_bpr_batches(train, 2) == 2
+    users = np.concatenate([b[0] for b in batches])
+    neg = np.concatenate([b[2] for b in batches])
+    assert sorted(users.tolist()) == [1, 2, 2]
+    assert not dense[users, neg].any()
+
+
+def test_epoch_batches_refuse_data_where_nobody_has_a_negative():
+    train = csr([[1, 1], [1, 1], [0, 0]])
+    with pytest.warns(UserWarning), pytest.raises(DataError, match="no training pair"):
+        list(bpr_epoch_batches(train, 4, np.random.default_rng(0)))
 
 
 def test_epoch_batches_cover_every_pair_once():

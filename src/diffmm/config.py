@@ -21,56 +21,80 @@ from __future__ import annotations
 import difflib
 import json
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, get_args, get_origin
 
 import tomllib
+from annotated_types import Ge, Gt, Le, Lt
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from diffmm.errors import ConfigError
+from diffmm.evaluate import METRICS
 from diffmm.models import get_model_class, model_names
-from diffmm.models.base import ModelConfig
+from diffmm.models.base import MAX_COUNT, Flag, ModelConfig
+
+#: Seeds are in ``[0, 2^63)``: what NumPy's and torch's generators both accept.
+MAX_SEED = 2**63 - 1
 
 
 class TrainConfig(BaseModel):
-    """How a model is trained and selected (shared by every model)."""
+    """How a model is trained and selected (shared by every model).
 
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    Numbers are checked strictly (no float for an integer, no boolean or string for a
+    number); infinities and NaN are refused.
+    """
 
-    epochs: int = Field(200, ge=1, description="Maximum number of epochs.")
-    batch_size: int = Field(2048, ge=1, description="BPR triples per optimiser step.")
-    lr: float = Field(1e-3, gt=0, description="Adam learning rate of the recommender.")
-    seed: int = Field(421, description="Seed of every random number generator.")
-    eval_every: int = Field(1, ge=1, description="Validate every N epochs.")
-    patience: int = Field(
-        10, ge=1, description="Stop after this many validations without improvement."
+    model_config = ConfigDict(
+        extra="forbid", validate_assignment=True, strict=True, allow_inf_nan=False
     )
-    metric: str = Field("recall@20", description="Validation metric used for selection.")
-    ks: list[int] = Field(default_factory=lambda: [10, 20], description="Cut-offs @K.")
-    eval_batch_size: int = Field(1024, ge=1, description="Users scored per batch.")
+
+    epochs: int = Field(200, ge=1, le=MAX_COUNT, description="Maximum number of epochs.")
+    batch_size: int = Field(2048, ge=1, le=MAX_COUNT, description="BPR triples per optimiser step.")
+    lr: float = Field(1e-3, gt=0, description="Adam learning rate of the recommender.")
+    seed: int = Field(
+        421, ge=0, le=MAX_SEED, description="Seed of every random number generator, in [0, 2^63)."
+    )
+    eval_every: int = Field(1, ge=1, le=MAX_COUNT, description="Validate every N epochs.")
+    patience: int = Field(
+        10, ge=1, le=MAX_COUNT, description="Stop after this many validations without improvement."
+    )
+    metric: str = Field(
+        "recall@20",
+        description="Validation metric used for selection, <name>@<k> with name one of "
+        f"{', '.join(METRICS)}; its cut-off k is evaluated even when not in ks.",
+    )
+    ks: list[Annotated[int, Field(ge=1, le=MAX_COUNT)]] = Field(
+        default_factory=lambda: [10, 20], description="Cut-offs @K."
+    )
+    eval_batch_size: int = Field(1024, ge=1, le=MAX_COUNT, description="Users scored per batch.")
     device: str = Field("auto", description="'auto' (CUDA if available), 'cpu' or 'cuda[:i]'.")
-    test_every_epoch: bool = Field(
+    test_every_epoch: Flag = Field(
         False,
         description="Also score test at every validation, logged as 'best-on-test' for "
         "parity with the authors' protocol only; never used for selection.",
     )
-    progress: bool = Field(True, description="Show progress bars.")
+    progress: Flag = Field(True, description="Show progress bars.")
 
     @field_validator("ks")
     @classmethod
     def _positive_ks(cls, ks: list[int]) -> list[int]:
-        if not ks or any(k < 1 for k in ks):
+        if not ks:
             raise ValueError("ks must be a non-empty list of positive integers")
         return sorted(set(ks))
 
     @field_validator("metric")
     @classmethod
     def _known_metric(cls, metric: str) -> str:
-        name, _, k = metric.partition("@")
-        if name not in {"recall", "ndcg", "precision", "hit"} or not k.isdigit():
+        name, at, k = metric.partition("@")
+        if name not in METRICS or not at:
             raise ValueError(
-                "metric must look like 'recall@20' (recall, ndcg, precision or hit), "
-                f"got {metric!r}"
+                f"metric must look like 'recall@20' ({', '.join(METRICS)} at a cut-off)"
             )
+        if not k.isascii() or not k.isdigit() or int(k) < 1:
+            raise ValueError(f"the cut-off of metric {metric!r} must be a positive integer")
+        if str(int(k)) != k:
+            raise ValueError(f"write the cut-off without leading zeros: '{name}@{int(k)}'")
+        if int(k) > MAX_COUNT:
+            raise ValueError(f"the cut-off of metric {metric!r} must be at most {MAX_COUNT}")
         return metric
 
 
@@ -189,12 +213,53 @@ def apply_override(raw: dict[str, Any], model: str, assignment: str) -> None:
     raw.setdefault(section, {})[name] = parse_value(text)
 
 
-def _format_validation_error(err: ValidationError, where: str, section: str) -> str:
-    lines = [f"invalid configuration ({where}):"]
+def allowed_range(cls: type[BaseModel], loc: str | tuple[int | str, ...]) -> str:
+    """The values a numeric setting of ``cls`` accepts, e.g. ``an integer in [1, 65536]``.
+
+    ``loc`` is the setting's name, or a pydantic error location (``("ks", 0)`` for an item
+    of a list setting). Empty for a setting that is not a number.
+    """
+    loc = (loc,) if isinstance(loc, str) else loc
+    field = cls.model_fields.get(str(loc[0])) if loc else None
+    if field is None:
+        return ""
+    annotation, metadata = field.annotation, list(field.metadata)
+    if len(loc) == 2 and get_origin(annotation) is list:  # an item of a list setting
+        (item,) = get_args(annotation)
+        annotation = get_args(item)[0] if get_origin(item) is Annotated else item
+        metadata = [m for a in get_args(item)[1:] for m in getattr(a, "metadata", [a])]
+    elif len(loc) != 1:
+        return ""
+    kind = {int: "an integer", float: "a finite number"}.get(annotation)  # type: ignore[call-overload]
+    if kind is None:
+        return ""
+    low = next((f"[{m.ge}" for m in metadata if isinstance(m, Ge)), None)
+    low = low or next((f"({m.gt}" for m in metadata if isinstance(m, Gt)), None)
+    high = next((f"{m.le}]" for m in metadata if isinstance(m, Le)), None)
+    high = high or next((f"{m.lt})" for m in metadata if isinstance(m, Lt)), None)
+    if low and high:
+        return f"{kind} in {low}, {high}"
+    if low:
+        return f"{kind} {'>=' if low[0] == '[' else '>'} {low[1:]}"
+    return kind
+
+
+def _format_validation_error(
+    err: ValidationError, cls: type[BaseModel], where: str, section: str
+) -> str:
+    """One line: each problem as ``section.setting: what is wrong (got value), allowed: range``."""
+    problems = []
     for e in err.errors():
         loc = ".".join([section, *(str(p) for p in e["loc"])])
-        lines.append(f"  {loc}: {e['msg']} (got {e.get('input')!r})")
-    return "\n".join(lines)
+        msg = e["msg"].removeprefix("Value error, ")
+        if not e["loc"]:  # a relation between settings: the input is the whole section
+            problems.append(f"{loc}: {msg}")
+            continue
+        allowed = allowed_range(cls, e["loc"])
+        problems.append(
+            f"{loc}: {msg} (got {e.get('input')!r})" + (f", allowed: {allowed}" if allowed else "")
+        )
+    return f"invalid configuration ({where}): " + "; ".join(problems)
 
 
 def load_config_file(path: str | Path) -> dict[str, Any]:
@@ -261,7 +326,8 @@ def resolve_config(
         try:
             sections[section] = cls(**raw[section])
         except ValidationError as err:
-            raise ConfigError(_format_validation_error(err, where or "defaults", section)) from None
+            message = _format_validation_error(err, cls, where or "defaults", section)
+            raise ConfigError(message) from None
     train, params = sections["train"], sections[model]
     return RunConfig(model=model, preset=preset, train=train, params=params)
 
@@ -278,7 +344,8 @@ def run_config_from_dict(raw: dict[str, Any]) -> RunConfig:
         try:
             sections[section] = cls(**raw.get(section, {}))
         except ValidationError as err:
-            raise ConfigError(_format_validation_error(err, "run configuration", section)) from None
+            message = _format_validation_error(err, cls, "run configuration", section)
+            raise ConfigError(message) from None
     return RunConfig(
         model=model, preset=raw.get("preset"), train=sections["train"], params=sections[model]
     )

@@ -20,7 +20,8 @@ Nothing here knows about recommenders: :class:`GaussianDiffusion` holds the sche
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+import numbers
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -29,7 +30,37 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from diffmm.errors import ConfigError
 from diffmm.ops import dropout
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def check_schedule(
+    steps: int, noise_scale: float, noise_min: float, noise_max: float, first_beta: float | None
+) -> None:
+    """Raise :class:`ConfigError` unless the schedule is a valid diffusion.
+
+    It needs ``T >= 1``, ``0 < s <= 1`` and ``0 < γ_min < γ_max < 1``: the noise variance
+    ``s·γ`` then grows strictly from step to step and stays below 1, so every β_t is in
+    ``(0, 1)`` (a falling variance makes β negative and the denoisers' weights NaN).
+    """
+    if not _is_int(steps) or steps < 1:
+        raise ConfigError(f"diffusion steps must be an integer >= 1 (got {steps!r})")
+    for name, value in (("noise_min", noise_min), ("noise_max", noise_max)):
+        if not 0 < value < 1:  # also refuses NaN
+            raise ConfigError(f"{name} must be in (0, 1) (got {value!r})")
+    if not 0 < noise_scale <= 1:
+        raise ConfigError(f"noise_scale must be in (0, 1] (got {noise_scale!r})")
+    if not noise_min < noise_max:
+        raise ConfigError(
+            f"noise_min ({noise_min!r}) must be less than noise_max ({noise_max!r}): the "
+            "noise must grow with the step"
+        )
+    if first_beta is not None and not 0 < first_beta < 1:
+        raise ConfigError(f"first_beta must be None or in (0, 1) (got {first_beta!r})")
 
 
 def linear_variance_betas(
@@ -38,7 +69,9 @@ def linear_variance_betas(
     """β_t such that ``1 - ᾱ_t`` follows ``linspace(s·γ_min, s·γ_max, T)`` (eq. 3), float64.
 
     ``first_beta`` replaces β_1 (the authors' code uses 1e-4); ``None`` keeps eq. 3 exact.
+    Impossible values raise :class:`ConfigError` (see :func:`check_schedule`).
     """
+    check_schedule(steps, noise_scale, noise_min, noise_max, first_beta)
     variance = np.linspace(noise_scale * noise_min, noise_scale * noise_max, steps)
     alpha_bar = 1.0 - variance
     betas = np.empty(steps)
@@ -78,18 +111,33 @@ class Denoiser(nn.Module):
         hidden_dims: widths of the hidden layers (``dims``; default ``[1000]``).
         step_embedding_dim: size of the step embedding (``d_emb_size``; default 10).
         input_dropout: dropout rate on the noised row (0.5 in the authors' code).
+
+    Raises:
+        ConfigError: a size below 1, no hidden layer, or a dropout rate outside [0, 1).
     """
 
     def __init__(
         self,
         n_items: int,
-        hidden_dims: tuple[int, ...] | list[int] = (1000,),
+        hidden_dims: Sequence[int] = (1000,),
         step_embedding_dim: int = 10,
         input_dropout: float = 0.5,
     ) -> None:
         super().__init__()
+        if not _is_int(n_items) or n_items < 1:
+            raise ConfigError(f"the denoiser needs n_items >= 1 (got {n_items!r})")
         if not hidden_dims:
-            raise ValueError("the denoiser needs at least one hidden layer")
+            raise ConfigError("the denoiser needs at least one hidden layer (denoiser_hidden_dims)")
+        if not all(_is_int(w) and w >= 1 for w in hidden_dims):
+            raise ConfigError(
+                f"denoiser hidden widths must be integers >= 1 (got {list(hidden_dims)!r})"
+            )
+        if not _is_int(step_embedding_dim) or step_embedding_dim < 1:
+            raise ConfigError(
+                f"step_embedding_dim must be an integer >= 1 (got {step_embedding_dim!r})"
+            )
+        if not 0 <= input_dropout < 1:
+            raise ConfigError(f"denoiser dropout must be in [0, 1) (got {input_dropout!r})")
         self.step_embedding_dim = step_embedding_dim
         self.input_dropout = input_dropout
         self.step_layer = nn.Linear(step_embedding_dim, step_embedding_dim)
@@ -171,6 +219,9 @@ class GaussianDiffusion(nn.Module):
         noise_min: γ_min (``noise_min``; default 1e-4).
         noise_max: γ_max (``noise_max``; default 0.02).
         first_beta: value that replaces β_1 (authors' code: 1e-4); ``None`` keeps eq. 3.
+
+    Raises:
+        ConfigError: an impossible schedule (see :func:`check_schedule`).
     """
 
     def __init__(
@@ -182,10 +233,8 @@ class GaussianDiffusion(nn.Module):
         first_beta: float | None = 1e-4,
     ) -> None:
         super().__init__()
-        if steps < 1:
-            raise ValueError("steps must be >= 1")
-        self.steps = steps
         betas = linear_variance_betas(steps, noise_scale, noise_min, noise_max, first_beta)
+        self.steps = steps
         alpha_bar = np.cumprod(1.0 - betas)
         alpha_bar_prev = np.concatenate([[1.0], alpha_bar[:-1]])
         snr = alpha_bar / (1.0 - alpha_bar)

@@ -18,6 +18,13 @@ from diffmm.errors import ConfigError
 from diffmm.inference import TrainedRecommender
 
 
+def _require_positive(value: object, option: str, what: str) -> int:
+    """``value`` as an int >= 1, else a :class:`ConfigError` naming the option."""
+    if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < 1:
+        raise ConfigError(f"{option} must be a positive integer ({what}), got {value!r}")
+    return int(value)
+
+
 def _unit(x: np.ndarray) -> np.ndarray:
     norms = np.linalg.norm(x, axis=1, keepdims=True)
     return x / np.where(norms > 0, norms, 1.0)
@@ -30,8 +37,13 @@ def explain_user(rec: TrainedRecommender, user_id: Any, top: int = 10) -> dict[s
     Returns ``{"user", "train_items", "modalities": {name: {"items", "scores", "new",
     "in_graph", "similarity"}}}`` with raw ids; ``similarity`` is the ``(len(train_items),
     len(items))`` cosine similarity of features (train items capped at 20).
+
+    Raises:
+        ConfigError: ``top`` is not a positive integer, or the run is not a DiffMM run.
     """
     from diffmm.models.diffmm import DiffMM
+
+    top = _require_positive(top, "--top", "items listed per modality")
 
     model = rec.model
     if not isinstance(model, DiffMM) or rec.dataset is None:
@@ -117,7 +129,13 @@ def plot_explanation(exp: dict[str, Any], path: str | Path) -> Path:
 
 
 def sample_users(rec: TrainedRecommender, n: int, seed: int = 0) -> list[Any]:
-    """``n`` raw user ids with at least 3 training items, drawn with ``seed``."""
+    """``n`` raw user ids with at least 3 training items, drawn with ``seed`` (fewer if
+    fewer users have 3 items).
+
+    Raises:
+        ConfigError: ``n`` is not a positive integer.
+    """
+    n = _require_positive(n, "--sample", "users to draw")
     degree = np.diff(rec.dataset.train.indptr)
     candidates = np.flatnonzero(degree >= 3)
     rng = np.random.default_rng(seed)

@@ -7,6 +7,10 @@ A model is built from ``(config, dataset)``; the trainer only calls:
 * :meth:`Recommender.loss` for a batch of (user, positive item, negative item);
 * :meth:`Recommender.embeddings` / :meth:`Recommender.scores` for all-rank scoring.
 
+:meth:`Recommender.check_data` says, without building anything, whether a configuration
+can work on a dataset (settings bounded by the data's size, features a model needs); every
+model's ``__init__`` calls it too, and a caller can call it before writing any file.
+
 Every model here scores with a dot product of final user and item representations, so
 ``embeddings()`` is computed once and ``scores`` is a batched matrix product; a model
 that scores otherwise overrides ``scores``.
@@ -16,14 +20,27 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Annotated, Any, ClassVar
 
+import numpy as np
 import torch
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 from torch import Tensor, nn
 
 if TYPE_CHECKING:
     from diffmm.data.dataset import Dataset
+
+
+#: Largest accepted embedding or hidden width: far above any useful size, and small
+#: enough that a mistyped value (``2e9``) is refused before any memory is allocated.
+MAX_WIDTH = 65_536
+#: Largest accepted number of propagation or convolution layers.
+MAX_LAYERS = 64
+#: Largest accepted count (batch sizes, neighbours, epochs): a signed 32-bit integer.
+MAX_COUNT = 2**31 - 1
+
+#: A yes/no setting: unlike numbers, also given as words ("yes", "False", "off", ...).
+Flag = Annotated[bool, Field(strict=False)]
 
 
 def require_features(dataset: Dataset, model: str) -> None:
@@ -38,10 +55,43 @@ def require_features(dataset: Dataset, model: str) -> None:
         )
 
 
-class ModelConfig(BaseModel):
-    """Base of every model's typed hyper-parameters (unknown keys are refused)."""
+def at_most_n_items(value: int, setting: str, dataset: Dataset) -> None:
+    """Raise :class:`ConfigError` when ``setting = value`` exceeds the dataset's item count."""
+    if value > dataset.n_items:
+        from diffmm.errors import ConfigError
 
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+        raise ConfigError(
+            f"{setting} = {value} is larger than the data allow: dataset {dataset.name!r} has "
+            f"{dataset.n_items} items; set {setting} between 1 and {dataset.n_items}"
+        )
+
+
+def require_negatives(dataset: Dataset) -> None:
+    """Raise :class:`DataError` when no training pair has a negative item for BPR."""
+    from diffmm.sampling import users_without_negatives
+
+    degree = np.diff(dataset.train.indptr)
+    full = users_without_negatives(dataset.train)
+    if degree.sum() > 0 and degree[full].sum() == degree.sum():
+        from diffmm.errors import DataError
+
+        raise DataError(
+            f"dataset {dataset.name!r}: every user with training interactions interacted "
+            f"with every item ({dataset.n_items}), so BPR has no negative item to sample; "
+            "the data need items some users have not seen"
+        )
+
+
+class ModelConfig(BaseModel):
+    """Base of every model's typed hyper-parameters.
+
+    Unknown keys are refused; numbers are checked strictly (no float for an integer, no
+    boolean or string for a number) and infinities and NaN are refused.
+    """
+
+    model_config = ConfigDict(
+        extra="forbid", validate_assignment=True, strict=True, allow_inf_nan=False
+    )
 
 
 @dataclass
@@ -58,6 +108,19 @@ class Recommender(nn.Module, ABC):
 
     name: ClassVar[str]
     Config: ClassVar[type[ModelConfig]]
+    #: Settings to name when :meth:`begin_epoch` leaves a non-finite parameter.
+    epoch_phase_settings: ClassVar[str] = "train.lr"
+
+    @classmethod
+    def check_data(cls, config: ModelConfig, dataset: Dataset) -> None:
+        """Refuse a configuration that cannot work on ``dataset``, before anything is built.
+
+        Raises :class:`~diffmm.errors.ConfigError` for a setting the data bound (naming
+        the setting, its value and the data's limit) and :class:`~diffmm.errors.DataError`
+        for data the model cannot use. Models that need more override this and call
+        ``super().check_data(config, dataset)``; every model's ``__init__`` calls it.
+        """
+        require_negatives(dataset)
 
     def begin_epoch(self, epoch: int) -> dict[str, float]:
         """Work done once per epoch before the recommender pass; returns numbers to log."""

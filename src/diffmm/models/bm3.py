@@ -51,7 +51,14 @@ from torch import Tensor, nn
 
 from diffmm.data.dataset import Dataset
 from diffmm.graph import normalized_adjacency
-from diffmm.models.base import Batch, ModelConfig, Recommender, require_features
+from diffmm.models.base import (
+    MAX_LAYERS,
+    MAX_WIDTH,
+    Batch,
+    ModelConfig,
+    Recommender,
+    require_features,
+)
 from diffmm.models.lightgcn import propagate
 
 
@@ -61,12 +68,14 @@ class Config(ModelConfig):
     embedding_dim: int = Field(
         64,
         ge=1,
+        le=MAX_WIDTH,
         description="Size d of ID embeddings and latent modality features "
         "[embedding_size, feat_embed_dim].",
     )
     n_layers: int = Field(
         1,
         ge=0,
+        le=MAX_LAYERS,
         description="Number L of LightGCN layers [n_layers; grid {1, 2}, 1 best "
         "on Baby and Sports].",
     )
@@ -104,9 +113,15 @@ class BM3(Recommender):
 
     adj: Tensor
 
+    @classmethod
+    def check_data(cls, config: ModelConfig, dataset: Dataset) -> None:
+        """BM3 needs at least one modality."""
+        super().check_data(config, dataset)
+        require_features(dataset, "BM3")
+
     def __init__(self, config: Config, dataset: Dataset) -> None:
         super().__init__()
-        require_features(dataset, "BM3")
+        self.check_data(config, dataset)
         self.config = config
         self.n_users, self.n_items = dataset.n_users, dataset.n_items
         self.modalities = list(dataset.features)

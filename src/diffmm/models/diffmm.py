@@ -26,12 +26,11 @@ from __future__ import annotations
 import itertools
 import time
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from pydantic import Field
 from torch import Tensor, nn
 
 from diffmm.data.dataset import Dataset
@@ -44,91 +43,37 @@ from diffmm.graph import (
     topk_bipartite,
     transpose_csr,
 )
-from diffmm.models.base import Batch, ModelConfig, Recommender, require_features
+from diffmm.models.base import (
+    Batch,
+    ModelConfig,
+    Recommender,
+    at_most_n_items,
+    require_features,
+)
+from diffmm.models.diffmm_config import DiffMMConfig
 from diffmm.models.mf import bpr_loss
 from diffmm.ops import matmul_cross_entropy, normalize_rows
 from diffmm.utils import release_free_memory
-
-
-class DiffMMConfig(ModelConfig):
-    """Hyper-parameters of DiffMM; the authors' flag name is given in brackets."""
-
-    embedding_dim: int = Field(64, ge=1, description="Size of ID embeddings [latdim].")
-    n_layers: int = Field(1, ge=0, description="Propagation layers L of eq. 22 [gnn_layer].")
-    l2_weight: float = Field(1e-5, ge=0, description="λ2, L2 on E_U and E_I [reg].")
-    cl_weight: float = Field(1e-2, ge=0, description="λ1, contrastive loss weight [ssl_reg].")
-    temperature: float = Field(0.5, gt=0, description="τ of InfoNCE, eq. 18-19 [temp].")
-    cl_anchor: Literal["modality", "main"] = Field(
-        "modality",
-        description="InfoNCE pairs: every pair of modality views (eq. 18) or the main view "
-        "against each modality view (eq. 19) [cl_method 0/1].",
-    )
-    trans: Literal["linear", "parametric"] = Field(
-        "parametric",
-        description="Trans of eq. 15: a Linear layer, or F_m W_m + LeakyReLU [trans 1/0].",
-    )
-    residual_weight: float = Field(0.5, ge=0, description="ω of eq. 23 [ris_lambda].")
-    generated_graph_weight: float = Field(
-        0.2, ge=0, description="ρ, weight of A^m [E_U; E_I] in Z_m [ris_adj_lambda]."
-    )
-    msi_weight: float = Field(0.1, ge=0, description="λ0, MSI loss weight, eq. 14 [e_loss].")
-    keep_rate: float = Field(
-        0.5, gt=0, le=1, description="Edge keep rate of the generated graphs [keepRate]."
-    )
-    rebuild_k: int = Field(1, ge=1, description="Top-k items per user in A^m [rebuild_k].")
-    diffusion_steps: int = Field(5, ge=1, description="T, diffusion steps [steps].")
-    noise_scale: float = Field(0.1, gt=0, description="s of the schedule [noise_scale].")
-    noise_min: float = Field(1e-4, gt=0, description="γ_min of the schedule [noise_min].")
-    noise_max: float = Field(0.02, gt=0, description="γ_max of the schedule [noise_max].")
-    sampling_steps: int = Field(
-        0, ge=0, description="T', noising steps before denoising at inference [sampling_steps]."
-    )
-    denoiser_hidden_dims: list[int] = Field(
-        default_factory=lambda: [1000],
-        min_length=1,
-        description="Hidden widths of the denoiser [dims].",
-    )
-    step_embedding_dim: int = Field(10, ge=1, description="Step embedding size [d_emb_size].")
-    denoiser_dropout: float = Field(0.5, ge=0, lt=1, description="Dropout on x_t in training.")
-    diffusion_lr: float = Field(1e-3, gt=0, description="Adam lr of each denoiser [lr].")
-    diffusion_batch_size: int = Field(1024, ge=1, description="Users per diffusion step [batch].")
-    diffusion_chunk_size: int = Field(
-        256,
-        ge=1,
-        description="Users per forward/backward chunk within a diffusion step: bounds the "
-        "memory of the activations; the step's gradient is the whole batch's (not in the paper).",
-    )
-    elbo_weighting: Literal["snr", "none"] = Field(
-        "snr", description="ELBO weight SNR(t-1) - SNR(t) (authors' code) or none (eq. 13)."
-    )
-    diffusion_graph_ratio: float = Field(
-        1.0,
-        ge=0,
-        le=1,
-        description="Share of the diffusion-generated graph in A^m; the rest is a randomly "
-        "edge-dropped training graph (paper Fig. 4). 0 is the 'w/o DM' ablation.",
-    )
-    random_graph_keep_rate: float = Field(
-        0.5, gt=0, le=1, description="Edge keep rate of that random graph (used when ratio < 1)."
-    )
-    scoring_graph: Literal["dropped", "whole"] = Field(
-        "dropped",
-        description="Generated graphs A^m used to score users (evaluation, recommendation): "
-        "the epoch's edge-dropped graphs, as in the authors' code, or the graphs before edge "
-        "dropout (dropout's usual rule at inference: kept entries are scaled by 1/keep_rate "
-        "in training, so the whole graph is their expectation). Not in the paper.",
-    )
 
 
 class DiffMM(Recommender):
     """DiffMM recommender over any number of item modalities."""
 
     name = "diffmm"
+    epoch_phase_settings = "noise_min/noise_max/noise_scale or diffusion_lr"
     Config = DiffMMConfig
+
+    @classmethod
+    def check_data(cls, config: ModelConfig, dataset: Dataset) -> None:
+        """DiffMM needs at least one modality, and ``rebuild_k <= n_items``."""
+        super().check_data(config, dataset)
+        require_features(dataset, "DiffMM")
+        assert isinstance(config, DiffMMConfig)
+        at_most_n_items(config.rebuild_k, "diffmm.rebuild_k", dataset)
 
     def __init__(self, config: DiffMMConfig, dataset: Dataset) -> None:
         super().__init__()
-        require_features(dataset, "DiffMM")
+        self.check_data(config, dataset)
         self.config = config
         self.n_users, self.n_items = dataset.n_users, dataset.n_items
         self.modalities = list(dataset.features)

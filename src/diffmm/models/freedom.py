@@ -63,7 +63,17 @@ from diffmm.graph import (
     topk_bipartite,
     transpose_csr,
 )
-from diffmm.models.base import Batch, ModelConfig, Recommender, require_features
+from diffmm.models.base import (
+    MAX_COUNT,
+    MAX_LAYERS,
+    MAX_WIDTH,
+    Batch,
+    Flag,
+    ModelConfig,
+    Recommender,
+    at_most_n_items,
+    require_features,
+)
 from diffmm.models.lattice import BLOCK_ROWS, register_features
 from diffmm.models.lightgcn import propagate
 from diffmm.models.mf import bpr_loss, l2_on_batch
@@ -73,15 +83,25 @@ class FREEDOMConfig(ModelConfig):
     """Hyper-parameters of FREEDOM; the authors' (MMRec) config key is given in brackets."""
 
     embedding_dim: int = Field(
-        64, ge=1, description="Size d of user and item ID embeddings [embedding_size]."
+        64,
+        ge=1,
+        le=MAX_WIDTH,
+        description="Size d of user and item ID embeddings [embedding_size].",
     )
     feature_embedding_dim: int = Field(
         64,
         ge=1,
+        le=MAX_WIDTH,
         description="Output size of each modality's projection W_m; must equal embedding_dim "
         "for the modality BPR terms [feat_embed_dim].",
     )
-    knn_k: int = Field(10, ge=1, description="k, neighbours per item in each S_m [knn_k].")
+    knn_k: int = Field(
+        10,
+        ge=1,
+        le=MAX_COUNT,
+        description="k, neighbours per item (itself included) in each S_m, at most n_items "
+        "[knn_k].",
+    )
     first_modality_weight: float = Field(
         0.1,
         ge=0,
@@ -90,10 +110,16 @@ class FREEDOMConfig(ModelConfig):
         "equally [mm_image_weight].",
     )
     item_graph_layers: int = Field(
-        1, ge=0, description="L_ii, item-item convolutions H = S^L E_I [n_mm_layers]."
+        1,
+        ge=0,
+        le=MAX_LAYERS,
+        description="L_ii, item-item convolutions H = S^L E_I [n_mm_layers].",
     )
     user_item_layers: int = Field(
-        2, ge=0, description="L_ui, LightGCN layers over the pruned graph [n_ui_layers]."
+        2,
+        ge=0,
+        le=MAX_LAYERS,
+        description="L_ui, LightGCN layers over the pruned graph [n_ui_layers].",
     )
     edge_pruning_ratio: float = Field(
         0.8,
@@ -114,7 +140,7 @@ class FREEDOMConfig(ModelConfig):
         description="Weight of an L2 penalty on the batch's layer-0 ID embeddings divided by "
         "the batch size; the authors' code has none.",
     )
-    finetune_features: bool = Field(
+    finetune_features: Flag = Field(
         True,
         description="Train the raw features F_m in the modality BPR terms, as the authors' "
         "code does (freeze=False).",
@@ -177,9 +203,17 @@ class FREEDOM(Recommender):
     edge_items: Tensor
     edge_weights: Tensor
 
+    @classmethod
+    def check_data(cls, config: ModelConfig, dataset: Dataset) -> None:
+        """FREEDOM needs at least one modality, and ``knn_k <= n_items``."""
+        super().check_data(config, dataset)
+        require_features(dataset, "FREEDOM")
+        assert isinstance(config, FREEDOMConfig)
+        at_most_n_items(config.knn_k, "freedom.knn_k", dataset)
+
     def __init__(self, config: FREEDOMConfig, dataset: Dataset) -> None:
         super().__init__()
-        require_features(dataset, "FREEDOM")
+        self.check_data(config, dataset)
         self.config = config
         self.n_users, self.n_items = dataset.n_users, dataset.n_items
         self.modalities = list(dataset.features)

@@ -77,7 +77,17 @@ from torch import Tensor, nn
 
 from diffmm.data.dataset import Dataset
 from diffmm.graph import knn_item_graph, normalized_adjacency, spmm, transpose_csr
-from diffmm.models.base import Batch, ModelConfig, Recommender, require_features
+from diffmm.models.base import (
+    MAX_COUNT,
+    MAX_LAYERS,
+    MAX_WIDTH,
+    Batch,
+    Flag,
+    ModelConfig,
+    Recommender,
+    at_most_n_items,
+    require_features,
+)
 from diffmm.models.lightgcn import propagate
 from diffmm.models.mf import bpr_loss, l2_on_batch
 
@@ -89,17 +99,20 @@ class LATTICEConfig(ModelConfig):
     """Hyper-parameters of LATTICE; the authors' flag name is given in brackets."""
 
     embedding_dim: int = Field(
-        64, ge=1, description="Size d of user and item ID embeddings [embed_size]."
+        64, ge=1, le=MAX_WIDTH, description="Size d of user and item ID embeddings [embed_size]."
     )
     feature_embedding_dim: int = Field(
         64,
         ge=1,
+        le=MAX_WIDTH,
         description="Output size of each modality's linear transform W_m [feat_embed_dim].",
     )
     knn_k: int = Field(
         10,
         ge=1,
-        description="k, neighbours kept per item in the original and learned graphs [topk].",
+        le=MAX_COUNT,
+        description="k, neighbours kept per item (itself included) in the original and learned "
+        "graphs, at most n_items [topk].",
     )
     original_graph_weight: float = Field(
         0.9,
@@ -109,10 +122,10 @@ class LATTICEConfig(ModelConfig):
         "in A_m = (1 - λ) Â_m + λ S_m [lambda_coeff].",
     )
     item_graph_layers: int = Field(
-        1, ge=0, description="L, item-item convolutions H = A^L E_I [n_layers]."
+        1, ge=0, le=MAX_LAYERS, description="L, item-item convolutions H = A^L E_I [n_layers]."
     )
     user_item_layers: int = Field(
-        2, ge=0, description="Layers of the LightGCN backbone [len(weight_size)]."
+        2, ge=0, le=MAX_LAYERS, description="Layers of the LightGCN backbone [len(weight_size)]."
     )
     l2_weight: float = Field(
         1e-5,
@@ -120,12 +133,12 @@ class LATTICEConfig(ModelConfig):
         description="Weight of the L2 penalty on the batch's final representations, divided by "
         "the batch size [regs[0], the code's decay].",
     )
-    finetune_features: bool = Field(
+    finetune_features: Flag = Field(
         True,
         description="Train the raw features F_m too, as the authors' code does "
         "(nn.Embedding.from_pretrained with freeze=False).",
     )
-    rebuild_every_batch: bool = Field(
+    rebuild_every_batch: Flag = Field(
         False,
         description="Rebuild the learned graph, with gradients, in every batch (the paper's "
         "formulation); by default it is rebuilt in the first batch of each epoch and reused "
@@ -233,9 +246,17 @@ class LATTICE(Recommender):
 
     adj: Tensor
 
+    @classmethod
+    def check_data(cls, config: ModelConfig, dataset: Dataset) -> None:
+        """LATTICE needs at least one modality, and ``knn_k <= n_items``."""
+        super().check_data(config, dataset)
+        require_features(dataset, "LATTICE")
+        assert isinstance(config, LATTICEConfig)
+        at_most_n_items(config.knn_k, "lattice.knn_k", dataset)
+
     def __init__(self, config: LATTICEConfig, dataset: Dataset) -> None:
         super().__init__()
-        require_features(dataset, "LATTICE")
+        self.check_data(config, dataset)
         self.config = config
         self.n_users, self.n_items = dataset.n_users, dataset.n_items
         self.modalities = list(dataset.features)

@@ -27,15 +27,19 @@ from torch import Tensor, nn
 
 from diffmm.data.dataset import Dataset
 from diffmm.graph import normalized_adjacency, spmm
-from diffmm.models.base import Batch, ModelConfig, Recommender
+from diffmm.models.base import MAX_LAYERS, MAX_WIDTH, Batch, ModelConfig, Recommender
 from diffmm.models.mf import bpr_loss, l2_on_batch
 
 
 class Config(ModelConfig):
     """Hyper-parameters of LightGCN."""
 
-    embedding_dim: int = Field(64, ge=1, description="Size d of user and item embeddings.")
-    n_layers: int = Field(2, ge=0, description="Number L of propagation layers (eq. 3).")
+    embedding_dim: int = Field(
+        64, ge=1, le=MAX_WIDTH, description="Size d of user and item embeddings."
+    )
+    n_layers: int = Field(
+        2, ge=0, le=MAX_LAYERS, description="Number L of propagation layers (eq. 3)."
+    )
     l2_weight: float = Field(
         1e-4,
         ge=0,
@@ -68,6 +72,7 @@ class LightGCN(Recommender):
 
     def __init__(self, config: Config, dataset: Dataset) -> None:
         super().__init__()
+        self.check_data(config, dataset)
         self.config = config
         self.n_users, self.n_items = dataset.n_users, dataset.n_items
         self.user_embedding = nn.Embedding(self.n_users, config.embedding_dim)

@@ -30,7 +30,7 @@ from torch import Tensor, nn
 
 from diffmm.data.dataset import Dataset
 from diffmm.graph import normalized_adjacency
-from diffmm.models.base import Batch, Recommender, require_features
+from diffmm.models.base import Batch, ModelConfig, Recommender, require_features
 from diffmm.models.lightgcn import Config as LightGCNConfig
 from diffmm.models.lightgcn import propagate
 from diffmm.models.mf import bpr_loss, l2_on_batch
@@ -48,9 +48,15 @@ class LightGCNM(Recommender):
 
     adj: Tensor
 
+    @classmethod
+    def check_data(cls, config: ModelConfig, dataset: Dataset) -> None:
+        """LightGCN-M needs at least one modality."""
+        super().check_data(config, dataset)
+        require_features(dataset, "LightGCN-M")
+
     def __init__(self, config: Config, dataset: Dataset) -> None:
         super().__init__()
-        require_features(dataset, "LightGCN-M")
+        self.check_data(config, dataset)
         self.config = config
         self.n_users, self.n_items = dataset.n_users, dataset.n_items
         self.modalities = dataset.modalities

@@ -21,13 +21,15 @@ from pydantic import Field
 from torch import Tensor, nn
 
 from diffmm.data.dataset import Dataset
-from diffmm.models.base import Batch, ModelConfig, Recommender
+from diffmm.models.base import MAX_WIDTH, Batch, ModelConfig, Recommender
 
 
 class Config(ModelConfig):
     """Hyper-parameters of MF-BPR."""
 
-    embedding_dim: int = Field(64, ge=1, description="Size d of user and item embeddings.")
+    embedding_dim: int = Field(
+        64, ge=1, le=MAX_WIDTH, description="Size d of user and item embeddings."
+    )
     l2_weight: float = Field(
         1e-4,
         ge=0,
@@ -55,6 +57,7 @@ class MF(Recommender):
 
     def __init__(self, config: Config, dataset: Dataset) -> None:
         super().__init__()
+        self.check_data(config, dataset)
         self.config = config
         self.n_users, self.n_items = dataset.n_users, dataset.n_items
         self.user_embedding = nn.Embedding(self.n_users, config.embedding_dim)

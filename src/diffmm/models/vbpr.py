@@ -44,7 +44,7 @@ from pydantic import Field
 from torch import Tensor, nn
 
 from diffmm.data.dataset import Dataset
-from diffmm.models.base import Batch, ModelConfig, Recommender, require_features
+from diffmm.models.base import MAX_WIDTH, Batch, ModelConfig, Recommender, require_features
 from diffmm.models.mf import bpr_loss, l2_on_batch
 
 
@@ -54,6 +54,7 @@ class Config(ModelConfig):
     embedding_dim: int = Field(
         64,
         ge=2,
+        le=MAX_WIDTH,
         description="Total size K + K' of the user representation: K' = embedding_dim // 2 "
         "content factors theta_u and K = embedding_dim - K' latent factors gamma_u.",
     )
@@ -79,8 +80,15 @@ class VBPR(Recommender):
 
     features: Tensor
 
+    @classmethod
+    def check_data(cls, config: ModelConfig, dataset: Dataset) -> None:
+        """VBPR needs at least one modality."""
+        super().check_data(config, dataset)
+        require_features(dataset, "VBPR")
+
     def __init__(self, config: Config, dataset: Dataset) -> None:
         super().__init__()
+        self.check_data(config, dataset)
         # derived from the data, so moved by .to() but not saved in the state dict
         self.register_buffer("features", concatenated_features(dataset, "VBPR"), persistent=False)
         self.config = config

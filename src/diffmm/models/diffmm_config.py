@@ -1,0 +1,131 @@
+"""Hyper-parameters of DiffMM (:class:`DiffMMConfig`), and the ranges they must lie in.
+
+Kept apart from :mod:`diffmm.models.diffmm` (which re-exports it) so that the settings,
+their bounds and the relations between them read in one place.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import Field, model_validator
+
+from diffmm.models.base import MAX_COUNT, MAX_LAYERS, MAX_WIDTH, ModelConfig
+
+#: Largest accepted number of diffusion steps T (the authors use 5; DDPM uses 1000).
+MAX_DIFFUSION_STEPS = 1000
+
+
+class DiffMMConfig(ModelConfig):
+    """Hyper-parameters of DiffMM; the authors' flag name is given in brackets."""
+
+    embedding_dim: int = Field(
+        64, ge=1, le=MAX_WIDTH, description="Size of ID embeddings [latdim]."
+    )
+    n_layers: int = Field(
+        1, ge=0, le=MAX_LAYERS, description="Propagation layers L of eq. 22 [gnn_layer]."
+    )
+    l2_weight: float = Field(1e-5, ge=0, description="λ2, L2 on E_U and E_I [reg].")
+    cl_weight: float = Field(1e-2, ge=0, description="λ1, contrastive loss weight [ssl_reg].")
+    temperature: float = Field(
+        0.5,
+        ge=1e-6,
+        description="τ of InfoNCE, eq. 18-19, at least 1e-6 (smaller overflows the logits) [temp].",
+    )
+    cl_anchor: Literal["modality", "main"] = Field(
+        "modality",
+        description="InfoNCE pairs: every pair of modality views (eq. 18) or the main view "
+        "against each modality view (eq. 19) [cl_method 0/1].",
+    )
+    trans: Literal["linear", "parametric"] = Field(
+        "parametric",
+        description="Trans of eq. 15: a Linear layer, or F_m W_m + LeakyReLU [trans 1/0].",
+    )
+    residual_weight: float = Field(0.5, ge=0, description="ω of eq. 23 [ris_lambda].")
+    generated_graph_weight: float = Field(
+        0.2, ge=0, description="ρ, weight of A^m [E_U; E_I] in Z_m [ris_adj_lambda]."
+    )
+    msi_weight: float = Field(0.1, ge=0, description="λ0, MSI loss weight, eq. 14 [e_loss].")
+    keep_rate: float = Field(
+        0.5, gt=0, le=1, description="Edge keep rate of the generated graphs [keepRate]."
+    )
+    rebuild_k: int = Field(
+        1,
+        ge=1,
+        le=MAX_COUNT,
+        description="Top-k items per user in A^m, at most n_items [rebuild_k].",
+    )
+    diffusion_steps: int = Field(
+        5, ge=1, le=MAX_DIFFUSION_STEPS, description="T, diffusion steps [steps]."
+    )
+    noise_scale: float = Field(
+        0.1, gt=0, le=1, description="s of the schedule, in (0, 1] [noise_scale]."
+    )
+    noise_min: float = Field(
+        1e-4, gt=0, lt=1, description="γ_min of the schedule, below noise_max [noise_min]."
+    )
+    noise_max: float = Field(
+        0.02, gt=0, lt=1, description="γ_max of the schedule, below 1 [noise_max]."
+    )
+    sampling_steps: int = Field(
+        0,
+        ge=0,
+        le=MAX_DIFFUSION_STEPS,
+        description="T', noising steps before denoising at inference, at most diffusion_steps "
+        "[sampling_steps].",
+    )
+    denoiser_hidden_dims: list[Annotated[int, Field(ge=1, le=MAX_WIDTH)]] = Field(
+        default_factory=lambda: [1000],
+        min_length=1,
+        max_length=MAX_LAYERS,
+        description="Hidden widths of the denoiser [dims].",
+    )
+    step_embedding_dim: int = Field(
+        10, ge=1, le=MAX_WIDTH, description="Step embedding size [d_emb_size]."
+    )
+    denoiser_dropout: float = Field(0.5, ge=0, lt=1, description="Dropout on x_t in training.")
+    diffusion_lr: float = Field(1e-3, gt=0, description="Adam lr of each denoiser [lr].")
+    diffusion_batch_size: int = Field(
+        1024, ge=1, le=MAX_COUNT, description="Users per diffusion step [batch]."
+    )
+    diffusion_chunk_size: int = Field(
+        256,
+        ge=1,
+        le=MAX_COUNT,
+        description="Users per forward/backward chunk within a diffusion step: bounds the "
+        "memory of the activations; the step's gradient is the whole batch's (not in the paper).",
+    )
+    elbo_weighting: Literal["snr", "none"] = Field(
+        "snr", description="ELBO weight SNR(t-1) - SNR(t) (authors' code) or none (eq. 13)."
+    )
+    diffusion_graph_ratio: float = Field(
+        1.0,
+        ge=0,
+        le=1,
+        description="Share of the diffusion-generated graph in A^m; the rest is a randomly "
+        "edge-dropped training graph (paper Fig. 4). 0 is the 'w/o DM' ablation.",
+    )
+    random_graph_keep_rate: float = Field(
+        0.5, gt=0, le=1, description="Edge keep rate of that random graph (used when ratio < 1)."
+    )
+    scoring_graph: Literal["dropped", "whole"] = Field(
+        "dropped",
+        description="Generated graphs A^m used to score users (evaluation, recommendation): "
+        "the epoch's edge-dropped graphs, as in the authors' code, or the graphs before edge "
+        "dropout (dropout's usual rule at inference: kept entries are scaled by 1/keep_rate "
+        "in training, so the whole graph is their expectation). Not in the paper.",
+    )
+
+    @model_validator(mode="after")
+    def _schedule_can_work(self) -> DiffMMConfig:
+        if not self.noise_min < self.noise_max:
+            raise ValueError(
+                f"noise_min ({self.noise_min!r}) must be less than noise_max "
+                f"({self.noise_max!r}): the noise must grow with the diffusion step"
+            )
+        if self.sampling_steps > self.diffusion_steps:
+            raise ValueError(
+                f"sampling_steps ({self.sampling_steps}) must be at most diffusion_steps "
+                f"({self.diffusion_steps}): inference cannot noise for more steps than exist"
+            )
+        return self
