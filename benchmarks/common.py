@@ -131,9 +131,10 @@ def run_training(
     the child's environment (e.g. a ``PYTHONPATH`` to another checkout's code).
     """
     shutil.rmtree(run_dir, ignore_errors=True)  # the benchmark's own run: start afresh
-    run_dir.mkdir(parents=True)
+    run_dir.parent.mkdir(parents=True, exist_ok=True)
     exe = Path(sys.executable).with_name("diffmm")
-    with (run_dir / "stdout.txt").open("w") as out:
+    # next to the run: a new run goes only into an empty directory
+    with run_dir.with_name(f"{run_dir.name}.stdout.txt").open("w") as out:
         subprocess.run(
             [str(exe), *cmd[1:]],
             cwd=REPO,

@@ -141,3 +141,23 @@ def popularity_recall(dataset: Dataset, split: str = "test", k: int = 20) -> flo
     counts = torch.from_numpy(np.asarray(dataset.train.sum(axis=0)).ravel().astype(np.float32))
     result = evaluate(lambda users: counts.expand(len(users), -1), dataset, split, ks=[k])
     return result[f"recall@{k}"]
+
+
+def cli(*args: Any) -> Any:
+    """``diffmm ARGS...`` in this process (click's runner); its ``Result``."""
+    from click.testing import CliRunner
+
+    from diffmm.cli import main
+
+    return CliRunner().invoke(main, [str(a) for a in args])
+
+
+def user_error(result: Any) -> str:
+    """The message of a user error: exit status 2, ``error: ...`` on stderr, no traceback."""
+    exc = result.exception
+    assert exc is None or isinstance(exc, SystemExit), f"uncaught {exc!r} (a traceback)"
+    assert "Traceback" not in result.output
+    assert result.exit_code == 2, result.output
+    stderr = "\n" + result.stderr
+    assert "\nerror: " in stderr, result.output
+    return stderr.split("\nerror: ", 1)[1]

@@ -30,9 +30,9 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 import torch
-from click.testing import CliRunner, Result
+from click.testing import Result
 
-from diffmm.cli import main
+from helpers import cli, user_error
 
 #: Tiny data for the CLI cases that reach the data or the trainer.
 TINY = "synthetic:n_users=60,n_items=40,interactions_per_user=8"
@@ -47,21 +47,6 @@ def _in_tmp_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     keep the split cache fallback (~/.cache/diffmm) out of the real home directory."""
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("HOME", str(tmp_path))
-
-
-def cli(*args: Any) -> Result:
-    return CliRunner().invoke(main, [str(a) for a in args])
-
-
-def user_error(result: Result) -> str:
-    """The message of a user error: exit status 2, ``error: ...`` on stderr, no traceback."""
-    exc = result.exception
-    assert exc is None or isinstance(exc, SystemExit), f"uncaught {exc!r} (a traceback)"
-    assert "Traceback" not in result.output
-    assert result.exit_code == 2, result.output
-    stderr = "\n" + result.stderr
-    assert "\nerror: " in stderr, result.output
-    return stderr.split("\nerror: ", 1)[1]
 
 
 def usage_error(result: Result) -> str:
@@ -415,8 +400,8 @@ def test_train_into_an_existing_run_is_refused(run_copy: Path) -> None:
 def test_resume_a_directory_that_is_not_a_run(tmp_path: Path) -> None:
     (tmp_path / "notes").mkdir()
     message = user_error(cli("train", "--resume", tmp_path / "notes"))
-    assert_says(message, f"{tmp_path / 'notes' / 'config.json'}: not found",
-                "is not a complete run directory", "diffmm train --out DIR")  # fmt: skip
+    assert_says(message, f"{tmp_path / 'notes'}: not a run directory (no config.json)",
+                "the --out of `diffmm train`")  # fmt: skip
 
 
 @pytest.mark.parametrize(
@@ -493,7 +478,7 @@ def test_damaged_run_directory(
 
 def test_recommend_from_a_directory_that_is_not_a_run(tmp_path: Path) -> None:
     message = user_error(cli("recommend", tmp_path, "--user", "1"))
-    assert_says(message, f"{tmp_path / 'config.json'}: not found", "not a complete run directory")
+    assert_says(message, f"{tmp_path}: not a run directory (no config.json)")
 
 
 @pytest.mark.parametrize(

@@ -12,14 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from diffmm.checkpoint import (
-    DataRef,
-    check_fingerprint,
-    load_checkpoint,
-    read_config,
-    read_data_ref,
-    read_ids,
-)
+from diffmm.checkpoint import DataRef, RunDir, load_checkpoint
 from diffmm.config import resolve_config
 from diffmm.errors import ConfigError, DataError
 from diffmm.train import train
@@ -60,11 +53,12 @@ def test_a_run_directory_holds_config_data_ids_log_and_checkpoints(tmp_path):
     run = tmp_path / "run"
     config = _config("lightgcn", epochs=2)
     summary = _train(run, config)
-    assert read_config(run) == config
-    assert read_data_ref(run) == DataRef(DATA, "random", config.train.seed)
+    run_dir = RunDir(run)
+    assert run_dir.read_config() == config
+    assert run_dir.data_ref() == DataRef(DATA, "random", config.train.seed)
     dataset = DataRef(DATA, "random", config.train.seed).load()
-    check_fingerprint(run, dataset)  # the same data pass
-    users, items = read_ids(run, dataset.n_users, dataset.n_items)
+    run_dir.check_fingerprint(dataset)  # the same data pass
+    users, items = run_dir.read_ids(dataset.n_users, dataset.n_items)
     assert len(users) == dataset.n_users and len(items) == dataset.n_items
     last = load_checkpoint(run / "last.pt")
     assert last["epoch"] == 2
@@ -122,7 +116,7 @@ def test_a_new_run_into_an_existing_run_directory_is_refused(tmp_path):
     config = _config("lightgcn", epochs=1)
     _train(run, config)
     before = (run / "best.pt").read_bytes()
-    with pytest.raises(ConfigError, match="--resume"):
+    with pytest.raises(ConfigError, match="already holds a training run; continue it"):
         _train(run, config)
     assert (run / "best.pt").read_bytes() == before
 

@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
 
 import pytest
 import torch
 
 import diffmm.train as train_mod
+from diffmm.checkpoint import RunDir, load_checkpoint
 from diffmm.config import RunConfig, TrainConfig
 from diffmm.evaluate import evaluate as real_evaluate
 from diffmm.models.lightgcn import Config as LightGCNConfig
@@ -26,6 +30,15 @@ def run_config(model: str = "mf", **train_kw) -> RunConfig:
     base = dict(epochs=6, batch_size=128, lr=0.05, progress=False, device="cpu", seed=7)
     base.update(train_kw)
     return RunConfig(model=model, train=TrainConfig(**base), params=params)
+
+
+@contextmanager
+def new_run(path: Path, model: MF, cfg: TrainConfig, data) -> Iterator[RunDir]:
+    """A run directory created and held for a Trainer, as :func:`train` does."""
+    run = RunDir(path)
+    with run.owned():
+        run.create(RunConfig(model="mf", train=cfg, params=model.config), data, None)
+        yield run
 
 
 def read_log(run_dir):
@@ -51,7 +64,7 @@ def test_loss_falls_and_files_are_written(tmp_path):
     assert "best_on_test" not in summary
     config = json.loads((tmp_path / "config.json").read_text())
     assert config["model"] == "lightgcn" and config["train"]["seed"] == 7
-    best = torch.load(tmp_path / "best.pt", weights_only=False)
+    best = load_checkpoint(tmp_path / "best.pt")
     assert best["epoch"] == summary["best_epoch"]
     assert not list(tmp_path.glob("*.tmp"))  # no temporary files left behind
 
@@ -94,7 +107,8 @@ def test_early_stopping_restores_the_best_validation_state(tmp_path, monkeypatch
     torch.manual_seed(0)
     model = MF(MFConfig(embedding_dim=8), data)
     cfg = TrainConfig(epochs=10, patience=2, lr=0.05, batch_size=128, progress=False)
-    summary = Trainer(model, data, cfg, tmp_path, log=quiet).fit()
+    with new_run(tmp_path, model, cfg, data) as run:
+        summary = Trainer(model, data, cfg, run, log=quiet).fit()
     # best at epoch 2; epochs 3 and 4 do not improve -> stop after epoch 4
     assert summary["best_epoch"] == 2 and summary["stopped_early"] is True
     assert summary["epochs_run"] == 4
@@ -105,7 +119,7 @@ def test_early_stopping_restores_the_best_validation_state(tmp_path, monkeypatch
     assert spy.fingerprints[1] != spy.fingerprints[3]
     log = read_log(tmp_path)
     assert [r["improved"] for r in log] == [True, True, False, False]
-    assert torch.load(tmp_path / "best.pt", weights_only=False)["epoch"] == 2
+    assert load_checkpoint(tmp_path / "best.pt")["epoch"] == 2
 
 
 def test_test_split_is_evaluated_exactly_once(monkeypatch):
@@ -126,7 +140,9 @@ def test_test_every_epoch_is_reported_for_parity_only(tmp_path, monkeypatch):
     spy = ScriptedEvaluate([0.5, 0.1, 0.1, 0.1])
     monkeypatch.setattr(train_mod, "evaluate", spy)
     cfg = TrainConfig(epochs=4, patience=5, progress=False, test_every_epoch=True)
-    summary = Trainer(MF(MFConfig(embedding_dim=8), data), data, cfg, tmp_path, log=quiet).fit()
+    model = MF(MFConfig(embedding_dim=8), data)
+    with new_run(tmp_path, model, cfg, data) as run:
+        summary = Trainer(model, data, cfg, run, log=quiet).fit()
     assert summary["best_epoch"] == 1  # still selected on validation
     assert spy.calls == ["valid", "test"] * 4 + ["test"]
     assert "authors' protocol" in summary["best_on_test"]["note"]

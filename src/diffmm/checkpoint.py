@@ -1,8 +1,9 @@
-"""The run directory: what a training run writes, and how it is read back.
+"""The run directory: what a training run writes, who may write it, how it is read back.
 
 A run directory holds
 
-* ``config.json``  the resolved configuration (:meth:`RunConfig.to_dict`);
+* ``config.json``  the resolved configuration (:meth:`RunConfig.to_dict`) and the run's
+  identity, a random ``run_id``;
 * ``dataset.json`` how to load the data again (path, split method, split seed) and the
   data's fingerprint (sizes and sha256 digests, :meth:`Dataset.fingerprint`);
 * ``ids.json``     the raw id of every user and item index;
@@ -10,7 +11,20 @@ A run directory holds
 * ``last.pt``      the full training state after the last finished epoch: model,
   optimisers, random number generators, epoch, early-stopping state (for ``--resume``);
 * ``best.pt``      the model at the best validation epoch so far (for inference);
-* ``summary.json`` the selected epoch and its metrics, once training has finished.
+* ``summary.json`` the selected epoch and its metrics, once training has finished;
+* ``.lock``        held (``flock``) by the one process training the run, holding its PID.
+
+:class:`RunDir` is the one place that knows these names and the rules around them:
+
+* a new run goes only into a directory that does not exist or is empty, and a run that
+  fails before its first epoch removes what it wrote, so the same ``--out`` can be
+  retried; nothing else in the directory is ever deleted;
+* one process at a time trains a run (an OS lock, released by the kernel if the process
+  dies, so a killed run never blocks ``--resume``);
+* every checkpoint carries the run's id and the digest of its data's fingerprint, and
+  a checkpoint of another run is refused;
+* checkpoints are read with ``torch.load(weights_only=True)``: tensors and plain data
+  only, so loading a run never runs code from a file.
 
 Every file is written atomically (temporary file, fsync, rename), so a crash leaves
 either the previous version of a file or the new one, never a partial one.
@@ -18,12 +32,14 @@ either the previous version of a file or the new one, never a partial one.
 
 from __future__ import annotations
 
-import io
+import errno
+import hashlib
 import json
-import pickle
-import random
-import zipfile
-from dataclasses import asdict, dataclass
+import os
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -32,8 +48,25 @@ import torch
 
 from diffmm.config import RunConfig, run_config_from_dict
 from diffmm.data.dataset import Dataset
+from diffmm.data.ref import DEFAULT_SPLIT_SEED, DataRef
 from diffmm.errors import ConfigError, DataError
-from diffmm.utils import atomic_torch_save, atomic_write_json
+from diffmm.state import CHECKPOINT_FORMAT, capture_rng, load_checkpoint, restore_rng
+from diffmm.utils import (
+    atomic_append_line,
+    atomic_torch_save,
+    atomic_write_bytes,
+    atomic_write_json,
+)
+
+__all__ = [
+    "DEFAULT_SPLIT_SEED",
+    "DataRef",
+    "RunDir",
+    "RunLockedError",
+    "capture_rng",
+    "load_checkpoint",
+    "restore_rng",
+]
 
 CONFIG = "config.json"
 DATASET = "dataset.json"
@@ -42,54 +75,339 @@ LOG = "log.jsonl"
 LAST = "last.pt"
 BEST = "best.pt"
 SUMMARY = "summary.json"
-#: Version of the ``last.pt`` layout; a checkpoint of another version is refused.
-CHECKPOINT_FORMAT = 1
+LOCK = ".lock"
+#: Every file a run writes (the lock file aside).
+RUN_FILES = (CONFIG, DATASET, IDS, LOG, LAST, BEST, SUMMARY)
 #: What ``last.pt`` holds besides the epoch.
 TRAINING_STATE = ("model", "model_extra", "optimizer", "rng", "selection")
 
 
-@dataclass(frozen=True)
-class DataRef:
-    """How to load a run's data again: the ``--data`` argument and the split settings."""
-
-    path: str
-    split: str = "random"
-    seed: int = 2024
-    features: str | None = None
-
-    @classmethod
-    def of(cls, data: str, split: str, seed: int, features: str | None = None) -> DataRef:
-        """A reference that still works from another directory (paths made absolute)."""
-        if not data.startswith("synthetic"):
-            data = str(Path(data).expanduser().resolve())
-        if features is not None:
-            features = str(Path(features).expanduser().resolve())
-        return cls(data, split, seed, features)
-
-    def load(self) -> Dataset:
-        from diffmm.data import load_dataset
-
-        return load_dataset(self.path, split=self.split, seed=self.seed, features=self.features)
+class RunLockedError(DataError):
+    """Another process is training in this run directory."""
 
 
-# ----------------------------------------------------------------------------- metadata
-def write_metadata(
-    run_dir: Path, run_config: RunConfig, dataset: Dataset, data_ref: DataRef | None
-) -> None:
-    """Write ``config.json``, ``dataset.json`` and ``ids.json`` for a new run."""
-    atomic_write_json(run_dir / CONFIG, run_config.to_dict())
-    atomic_write_json(
-        run_dir / DATASET,
-        {"load": asdict(data_ref) if data_ref else None, "fingerprint": dataset.fingerprint()},
-    )
-    atomic_write_json(
-        run_dir / IDS,
-        {
+def data_digest(fingerprint: dict[str, Any]) -> str:
+    """sha256 of a fingerprint (its dataset name aside: a renamed file is the same data)."""
+    canonical = json.dumps({**fingerprint, "name": None}, sort_keys=True)
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+class RunDir:
+    """One training run's directory: its files, its owner, its identity.
+
+    Args:
+        path: the directory (it need not exist yet).
+    """
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self._lock_fd: int | None = None
+        self._created: list[Path] = []
+
+    def __repr__(self) -> str:
+        return f"RunDir({str(self.path)!r})"
+
+    def __truediv__(self, name: str) -> Path:
+        return self.path / name
+
+    # ------------------------------------------------------------------ state
+    def holds_run(self) -> bool:
+        """Whether a run was started here (``config.json`` is its mark)."""
+        return (self.path / CONFIG).is_file()
+
+    def require_run(self) -> None:
+        if not self.path.is_dir():
+            raise DataError(f"{self.path}: no such run directory; pass the --out of `diffmm train`")
+        if not self.holds_run():
+            raise DataError(
+                f"{self.path}: not a run directory (no {CONFIG}); pass the --out of `diffmm train`"
+            )
+
+    # ------------------------------------------------------------------ ownership
+    @contextmanager
+    def owned(self) -> Iterator[RunDir]:
+        """Hold the run's lock for the ``with`` block; :class:`RunLockedError` if taken.
+
+        The lock is ``flock`` on ``.lock``: the kernel drops it when the holder exits
+        for any reason, so a killed run never blocks its ``--resume``. If the block
+        leaves no run behind, the lock file (and the directory, if this created it and
+        it is empty) is removed again.
+        """
+        made_dir = not self.path.exists()
+        self.path.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path / LOCK, os.O_RDWR | os.O_CREAT, 0o666)
+        try:
+            _try_lock(fd)
+        except BlockingIOError:
+            holder = os.read(fd, 64).decode(errors="replace").strip() or "unknown"
+            os.close(fd)
+            raise RunLockedError(
+                f"{self.path} is in use by another diffmm process (PID {holder}); wait for "
+                "it to finish or stop it, or pass another --out"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        self._lock_fd = fd
+        try:
+            yield self
+        finally:
+            self._lock_fd = None
+            if not self.holds_run():
+                (self.path / LOCK).unlink(missing_ok=True)
+                if made_dir and not any(self.path.iterdir()):
+                    self.path.rmdir()
+            os.close(fd)  # releases the lock
+
+    def _require_owner(self) -> None:
+        if self._lock_fd is None:
+            raise RuntimeError(f"{self}: written without holding its lock (use `with owned()`)")
+
+    # ------------------------------------------------------------------ a new run
+    def create(self, run_config: RunConfig, dataset: Dataset, data_ref: DataRef | None) -> str:
+        """Start a new run here: refuse a non-empty directory, write the metadata.
+
+        Returns the new run's id. Must be called while :meth:`owned`.
+        """
+        self._require_owner()
+        others = sorted(p.name for p in self.path.iterdir() if p.name != LOCK)
+        if self.holds_run():
+            raise ConfigError(
+                f"{self.path} already holds a training run; continue it with "
+                f"`diffmm train --resume {self.path}`, or pass another --out"
+            )
+        if others:
+            shown = ", ".join(others[:5]) + (", ..." if len(others) > 5 else "")
+            raise ConfigError(
+                f"--out {self.path} is not empty ({shown}); a new run goes only into a new "
+                "or empty directory, and diffmm never deletes what is there: pass another --out"
+            )
+        run_id = uuid.uuid4().hex
+        fingerprint = dataset.fingerprint()
+        self._write_new(
+            CONFIG, lambda p: atomic_write_json(p, {**run_config.to_dict(), "run_id": run_id})
+        )
+        self._write_new(
+            DATASET,
+            lambda p: atomic_write_json(
+                p, {"load": asdict(data_ref) if data_ref else None, "fingerprint": fingerprint}
+            ),
+        )
+        ids = {
             "users": _ids_list(dataset.user_ids, dataset.n_users),
             "items": _ids_list(dataset.item_ids, dataset.n_items),
-        },
-        indent=None,
-    )
+        }
+        self._write_new(IDS, lambda p: atomic_write_json(p, ids, indent=None))
+        return run_id
+
+    def _write_new(self, name: str, write: Any) -> None:
+        path = self.path / name
+        self._created.append(path)
+        write(path)
+
+    def discard_new(self) -> None:
+        """Remove what this process wrote for a run that failed before its first epoch.
+
+        Only the files this process wrote are removed, and only while no epoch has
+        finished (no ``last.pt``): a retry with the same ``--out`` then starts cleanly.
+        """
+        if (self.path / LAST).exists():
+            return
+        for path in self._created:
+            path.unlink(missing_ok=True)
+        self._created.clear()
+
+    # ------------------------------------------------------------------ metadata
+    def run_id(self) -> str | None:
+        raw = read_json(self.path / CONFIG)
+        run_id = raw.get("run_id") if isinstance(raw, dict) else None
+        return run_id if isinstance(run_id, str) else None
+
+    def read_config(self) -> RunConfig:
+        """The resolved configuration of the run."""
+        path = self.path / CONFIG
+        raw = read_json(path)
+        if isinstance(raw, dict):
+            raw = {k: v for k, v in raw.items() if k != "run_id"}
+        try:
+            return run_config_from_dict(raw)
+        except ConfigError as exc:
+            raise ConfigError(f"{path}: {exc}") from None
+
+    def data_ref(self, moved_to: str | None = None) -> DataRef:
+        """How to load the run's data; ``moved_to`` is where they are now, if they moved."""
+        load = _read_object(self.path / DATASET, ("load", "fingerprint"))["load"]
+        if load is None:
+            if moved_to is None:
+                raise DataError(f"{self.path} does not say where its data are; pass --data PATH")
+            return DataRef.of(moved_to)
+        try:
+            ref = DataRef(
+                path=str(load["path"]),
+                split=str(load["split"]),
+                seed=int(load["seed"]),
+                features=None if load.get("features") is None else str(load["features"]),
+            )
+        except (KeyError, TypeError, ValueError):
+            raise DataError(
+                f"{self.path / DATASET}: 'load' must hold path, split and seed"
+            ) from None
+        return ref if moved_to is None else ref.moved_to(moved_to)
+
+    def load_data(self, moved_to: str | None = None) -> Dataset:
+        """The run's data, checked against its fingerprint."""
+        ref = self.data_ref(moved_to)
+        try:
+            dataset = ref.load()
+        except DataError as exc:
+            raise DataError(
+                f"cannot load the data of run {self.path}: {exc}. If the data moved, pass "
+                "their new location (--data PATH, or data= in Python)"
+            ) from None
+        self.check_fingerprint(dataset)
+        return dataset
+
+    def _fingerprint(self) -> dict[str, Any]:
+        expected = _read_object(self.path / DATASET, ("fingerprint",))["fingerprint"]
+        if not isinstance(expected, dict) or not isinstance(expected.get("splits"), dict):
+            raise DataError(
+                f"{self.path / DATASET}: the fingerprint is damaged; the run cannot be checked"
+            )
+        return expected
+
+    def check_fingerprint(self, dataset: Dataset) -> None:
+        """Raise DataError if ``dataset`` is not the data the run was trained on."""
+        expected, actual = self._fingerprint(), dataset.fingerprint()
+        if data_digest(expected) == data_digest(actual):
+            return
+        diffs = [
+            f"{key}: {expected.get(key)} in the run, {actual.get(key)} now"
+            for key in ("n_users", "n_items")
+            if expected.get(key) != actual.get(key)
+        ]
+        for name in ("train", "valid", "test"):
+            if expected["splits"].get(name) != actual["splits"].get(name):
+                diffs.append(f"the {name} split differs")
+        if expected.get("features") != actual.get("features"):
+            diffs.append("the item features differ")
+        raise DataError(
+            f"the data at {dataset.source or '(in memory)'} are not the data run {self.path} "
+            f"was trained on ({'; '.join(diffs) or 'fingerprints differ'}); pass the original data"
+        )
+
+    def read_ids(self, n_users: int, n_items: int) -> tuple[np.ndarray, np.ndarray]:
+        """Raw user and item ids: ``users[u]`` is the raw id of user index ``u``."""
+        path = self.path / IDS
+        raw = _read_object(path, ("users", "items"))
+        out = []
+        for key, n in (("users", n_users), ("items", n_items)):
+            ids = raw[key]
+            if not isinstance(ids, list) or len(ids) != n:
+                raise DataError(
+                    f"{path}: expected a list of {n} {key[:-1]} ids under {key!r}; the run "
+                    "directory was modified or belongs to other data"
+                )
+            out.append(np.asarray(ids))
+        return out[0], out[1]
+
+    def read_summary(self) -> dict[str, Any]:
+        """``summary.json`` of a finished run; ``{}`` while the run is unfinished."""
+        path = self.path / SUMMARY
+        return _read_object(path, ()) if path.exists() else {}
+
+    # ------------------------------------------------------------------ log
+    def append_log(self, record: str) -> None:
+        self._require_owner()
+        atomic_append_line(self.path / LOG, record)
+
+    def truncate_log(self, after_epoch: int) -> None:
+        """Drop log lines of epochs after ``after_epoch`` (a run that died before saving)."""
+        self._require_owner()
+        path = self.path / LOG
+        if not path.exists():
+            return
+        kept = []
+        for number, line in enumerate(path.read_text(errors="replace").splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                epoch = json.loads(line)["epoch"]
+                if not isinstance(epoch, int):
+                    raise TypeError
+            except (json.JSONDecodeError, KeyError, TypeError):
+                raise DataError(
+                    f"{path}: line {number} is not a log record (JSON with an integer "
+                    "'epoch'); the file was edited: restore it or delete that line"
+                ) from None
+            if epoch <= after_epoch:
+                kept.append(line)
+        atomic_write_bytes(path, "".join(ln + "\n" for ln in kept).encode())
+
+    def remove_log(self) -> None:
+        self._require_owner()
+        (self.path / LOG).unlink(missing_ok=True)
+
+    def write_summary(self, summary: dict[str, Any]) -> None:
+        self._require_owner()
+        atomic_write_json(self.path / SUMMARY, summary)
+
+    # ------------------------------------------------------------------ checkpoints
+    def _identity(self) -> dict[str, Any]:
+        return {"run_id": self.run_id(), "data": data_digest(self._fingerprint())}
+
+    def save(self, name: str, state: dict[str, Any]) -> None:
+        """Write checkpoint ``name`` (``last.pt`` or ``best.pt``) with the run's identity."""
+        self._require_owner()
+        self._created.append(self.path / name)
+        atomic_torch_save(
+            self.path / name, {"format": CHECKPOINT_FORMAT, **self._identity(), **state}
+        )
+
+    def load(
+        self,
+        name: str,
+        map_location: str | torch.device = "cpu",
+        required: tuple[str, ...] = ("model",),
+    ) -> dict[str, Any]:
+        """Read checkpoint ``name`` of this run; DataError if unusable or another run's."""
+        path = self.path / name
+        state = load_checkpoint(path, map_location, required)
+        identity = self._identity()
+        if state.get("run_id") != identity["run_id"]:
+            raise DataError(
+                f"{path}: belongs to another run (run id {state.get('run_id')}, this run is "
+                f"{identity['run_id']} per {self.path / CONFIG}); put back this run's own "
+                "checkpoint or start a new run"
+            )
+        if state.get("data") != identity["data"]:
+            raise DataError(
+                f"{path}: was trained on other data than {self.path / DATASET} describes; "
+                "put back this run's own checkpoint"
+            )
+        return state
+
+    # ------------------------------------------------------------------ outputs
+    def protected_paths(self) -> list[Path]:
+        """Paths an export must never overwrite: the run's files and its data's files."""
+        paths = [self.path / name for name in RUN_FILES]
+        try:
+            paths += self.data_ref().paths()
+        except DataError:  # a run given its data in memory
+            pass
+        return [p.resolve() for p in paths]
+
+
+def _try_lock(fd: int) -> None:
+    try:
+        import fcntl
+    except ImportError:  # Windows
+        import msvcrt
+
+        try:
+            msvcrt.locking(fd, msvcrt.LK_NBLCK, 1)
+        except OSError as exc:
+            raise BlockingIOError(errno.EAGAIN, str(exc)) from None
+        return
+    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
 
 
 def _ids_list(ids: np.ndarray | None, n: int) -> list[Any]:
@@ -117,141 +435,3 @@ def _read_object(path: Path, keys: tuple[str, ...]) -> dict[str, Any]:
             "damaged (was this file edited?)"
         )
     return obj
-
-
-def read_config(run_dir: Path) -> RunConfig:
-    """The resolved configuration of a run."""
-    path = run_dir / CONFIG
-    try:
-        return run_config_from_dict(read_json(path))
-    except ConfigError as exc:
-        raise ConfigError(f"{path}: {exc}") from None
-
-
-def read_data_ref(run_dir: Path) -> DataRef | None:
-    """How the run's data were loaded (None if the run was given a dataset in memory)."""
-    path = run_dir / DATASET
-    load = _read_object(path, ("load", "fingerprint"))["load"]
-    if load is None:
-        return None
-    try:
-        return DataRef(
-            path=str(load["path"]),
-            split=str(load["split"]),
-            seed=int(load["seed"]),
-            features=None if load.get("features") is None else str(load["features"]),
-        )
-    except (KeyError, TypeError, ValueError):
-        raise DataError(f"{path}: 'load' must hold path, split and seed") from None
-
-
-def check_fingerprint(run_dir: Path, dataset: Dataset) -> None:
-    """Raise DataError if ``dataset`` is not the data the run was trained on."""
-    expected = _read_object(run_dir / DATASET, ("fingerprint",))["fingerprint"]
-    actual = dataset.fingerprint()
-    if not isinstance(expected, dict) or not isinstance(expected.get("splits"), dict):
-        raise DataError(
-            f"{run_dir / DATASET}: the fingerprint is damaged; the run cannot be checked"
-        )
-    if {**expected, "name": None} == {**actual, "name": None}:  # a renamed file is fine
-        return
-    diffs = [
-        f"{key}: {expected.get(key)} in the run, {actual.get(key)} now"
-        for key in ("n_users", "n_items")
-        if expected.get(key) != actual.get(key)
-    ]
-    for name in ("train", "valid", "test"):
-        if expected["splits"].get(name) != actual["splits"].get(name):
-            diffs.append(f"the {name} split differs")
-    if expected.get("features") != actual.get("features"):
-        diffs.append("the item features differ")
-    raise DataError(
-        f"the data at {dataset.source or '(in memory)'} are not the data run {run_dir} was "
-        f"trained on ({'; '.join(diffs) or 'fingerprints differ'}); pass the original data"
-    )
-
-
-def read_ids(run_dir: Path, n_users: int, n_items: int) -> tuple[np.ndarray, np.ndarray]:
-    """Raw user and item ids: ``users[u]`` is the raw id of user index ``u``.
-
-    DataError unless there is exactly one id per user and per item of the run's data.
-    """
-    path = run_dir / IDS
-    raw = _read_object(path, ("users", "items"))
-    out = []
-    for key, n in (("users", n_users), ("items", n_items)):
-        ids = raw[key]
-        if ids is None:  # written by an earlier version: the ids are the indices
-            ids = list(range(n))
-        if not isinstance(ids, list) or len(ids) != n:
-            raise DataError(
-                f"{path}: expected a list of {n} {key[:-1]} ids under {key!r}; the run "
-                "directory was modified or belongs to other data"
-            )
-        out.append(np.asarray(ids))
-    return out[0], out[1]
-
-
-# ----------------------------------------------------------------------------- checkpoints
-def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
-    """Write a checkpoint atomically."""
-    atomic_torch_save(path, {"format": CHECKPOINT_FORMAT, **state})
-
-
-def load_checkpoint(
-    path: Path, map_location: str | torch.device = "cpu", required: tuple[str, ...] = ("model",)
-) -> dict[str, Any]:
-    """Read a checkpoint written by :func:`save_checkpoint`; DataError if it is unusable.
-
-    ``required`` keys must be present (a ``last.pt`` needs the full training state).
-    """
-    if not path.is_file():
-        raise DataError(f"{path}: no checkpoint there; was the run started with --out?")
-    try:
-        state = torch.load(path, map_location=map_location, weights_only=False)
-    except (
-        RuntimeError,
-        EOFError,
-        OSError,
-        ValueError,
-        pickle.UnpicklingError,
-        zipfile.BadZipFile,
-        io.UnsupportedOperation,
-    ) as exc:
-        raise DataError(
-            f"{path}: cannot read this checkpoint ({type(exc).__name__}: {exc}); it is corrupt "
-            "or truncated, e.g. copied while being written; restore it from a copy"
-        ) from None
-    if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
-        raise DataError(
-            f"{path}: not a diffmm checkpoint of format {CHECKPOINT_FORMAT}; it was written "
-            "by another program or another version of diffmm"
-        )
-    missing = [key for key in ("epoch", *required) if key not in state]
-    if missing:
-        raise DataError(f"{path}: incomplete checkpoint, missing {missing}; restore it from a copy")
-    return state
-
-
-# ----------------------------------------------------------------------------- random state
-def capture_rng(generator: np.random.Generator) -> dict[str, Any]:
-    """The state of every random number generator a run draws from."""
-    state = {
-        "python": random.getstate(),
-        "numpy_global": np.random.get_state(),  # noqa: NPY002 - saved for third-party code
-        "numpy": generator.bit_generator.state,
-        "torch": torch.get_rng_state(),
-    }
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def restore_rng(state: dict[str, Any], generator: np.random.Generator) -> None:
-    """Put every generator back in the state :func:`capture_rng` saw."""
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy_global"])  # noqa: NPY002
-    generator.bit_generator.state = state["numpy"]
-    torch.set_rng_state(state["torch"].cpu())
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda"]])

@@ -37,6 +37,8 @@ def _group_bounds(groups: str) -> list[int]:
         raise ConfigError(f"--groups {groups!r}: give integers such as 0,5,10,20") from None
 
 
+#: Seeds torch and NumPy both accept.
+SEED = click.IntRange(0, 2**63 - 1)
 RUN_DIR = click.Path(exists=True, file_okay=False, path_type=Path)
 OUT_DIR = click.Path(file_okay=False, path_type=Path)
 MOVED_DATA_HELP = "Where the run's data are now, if they moved since training."
@@ -56,8 +58,25 @@ def _user_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
             where = f"{err.filename}: " if err.filename else ""
             click.echo(f"error: {where}{err.strerror or err}", err=True)
             sys.exit(2)
+        except Exception as err:
+            if not _out_of_memory(err):
+                raise
+            click.echo(
+                "error: out of memory: the data or the settings (embedding_dim, batch sizes, "
+                "k) need more memory than this machine has; reduce them",
+                err=True,
+            )
+            sys.exit(2)
 
     return wrapper
+
+
+def _out_of_memory(err: Exception) -> bool:
+    """Whether ``err`` is host (MemoryError) or device (torch.OutOfMemoryError) exhaustion."""
+    torch = sys.modules.get("torch")
+    return isinstance(err, MemoryError) or (
+        torch is not None and isinstance(err, torch.OutOfMemoryError)
+    )
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -89,6 +108,13 @@ def _check_writable_path(path: Path) -> None:
                     f"{path}: {parent} is a file, not a directory; choose another path"
                 )
             return
+
+
+def _absolute_data(data: str) -> str:
+    """``--data`` as an absolute path (the built-in ``synthetic[:...]`` spec as it is)."""
+    from diffmm.data import is_synthetic_spec
+
+    return data if is_synthetic_spec(data) else str(Path(data).expanduser().resolve())
 
 
 def _default_run_dir(model: str, data_name: str) -> Path:
@@ -127,7 +153,11 @@ def _default_run_dir(model: str, data_name: str) -> Path:
 )
 @click.option("--split", default="random", help="How to split unsplit tables: random or loo.")
 @click.option(
-    "--split-seed", default=2024, show_default=True, help="Seed of the split of unsplit tables."
+    "--split-seed",
+    default=2024,
+    show_default=True,
+    type=SEED,
+    help="Seed of the split of unsplit tables.",
 )
 @click.option(
     "--features",
@@ -164,6 +194,7 @@ def train(
     from diffmm.train import train as run_training
 
     if resume is not None:
+        _refuse_split_options_on_resume(resume)
         run_config, dataset, data_ref = _resume_inputs(
             resume, model, data, preset, config_file, overrides, out
         )
@@ -192,6 +223,32 @@ def train(
     click.echo(json.dumps(summary, indent=2, default=float))
 
 
+def _refuse_split_options_on_resume(run_dir: Path) -> None:
+    """--split/--split-seed/--features given with --resume must be the run's own."""
+    from diffmm.checkpoint import RunDir
+    from diffmm.errors import ConfigError
+
+    ctx = click.get_current_context()
+    ref = RunDir(run_dir).data_ref() if (run_dir / "dataset.json").exists() else None
+    own = {"split": ref and ref.split, "split_seed": ref and ref.seed}
+    own["features"] = ref and ref.features
+    for name, flag in (
+        ("split", "--split"),
+        ("split_seed", "--split-seed"),
+        ("features", "--features"),
+    ):
+        if ctx.get_parameter_source(name) != click.core.ParameterSource.COMMANDLINE:
+            continue
+        given = ctx.params[name]
+        if name == "features" and given is not None:
+            given = str(Path(given).expanduser().resolve())
+        if ref is None or given != own[name]:
+            raise ConfigError(
+                f"{flag} {ctx.params[name]} differs from the run's own ({own[name]}); a resumed "
+                f"run keeps its split and features: drop {flag}"
+            )
+
+
 def _resume_inputs(
     run_dir: Path,
     model: str | None,
@@ -202,13 +259,15 @@ def _resume_inputs(
     out: Path | None,
 ) -> tuple[Any, Any, Any]:
     """The stored configuration and data of a run; options given again must agree."""
-    from diffmm.checkpoint import DataRef, read_config, read_data_ref
+    from diffmm.checkpoint import RunDir
     from diffmm.config import resolve_config
     from diffmm.errors import ConfigError
 
     if out is not None and out.resolve() != run_dir.resolve():
         raise ConfigError(f"--out {out} and --resume {run_dir} name different runs; drop --out")
-    stored = read_config(run_dir)
+    run = RunDir(run_dir)
+    run.require_run()
+    stored = run.read_config()
     if model or preset or config_file or overrides:
         given = resolve_config(model or stored.model, preset, config_file, overrides).to_dict()
         if given != stored.to_dict():
@@ -217,12 +276,7 @@ def _resume_inputs(
                 "continues with its own configuration: drop --model/--preset/--config/--set "
                 "or start a new run with another --out"
             )
-    data_ref = read_data_ref(run_dir)
-    if data is not None:
-        old = data_ref or DataRef(data)
-        data_ref = DataRef.of(data, old.split, old.seed, old.features)
-    elif data_ref is None:
-        raise ConfigError(f"{run_dir} does not say where its data are; pass --data")
+    data_ref = run.data_ref(moved_to=data)
     return stored, data_ref.load(), data_ref
 
 
@@ -247,7 +301,7 @@ def _resume_inputs(
 )
 @click.option("--out", "out", required=True, type=OUT_DIR, help="Folder for runs, tables, plots.")
 @click.option("--split", default="random", help="How to split unsplit tables: random or loo.")
-@click.option("--split-seed", default=2024, show_default=True, help="Seed of the split.")
+@click.option("--split-seed", default=2024, show_default=True, type=SEED, help="Seed of the split.")
 @click.option(
     "--features",
     type=click.Path(exists=True, file_okay=False),
@@ -274,7 +328,7 @@ def benchmark(
     from diffmm.experiments import BenchmarkSpec, markdown_table, run_benchmark
 
     seed_list = _seed_list(seeds)
-    data_arg = data if data.startswith("synthetic") else str(Path(data).expanduser().resolve())
+    data_arg = _absolute_data(data)
     spec = BenchmarkSpec(
         data=data_arg,
         models=[m.strip() for m in models.split(",") if m.strip()],
@@ -312,7 +366,7 @@ def benchmark(
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Fixed settings.")
 @click.option("--out", "out", required=True, type=OUT_DIR, help="Folder for runs, table, plot.")
 @click.option("--split", default="random", help="How to split unsplit tables: random or loo.")
-@click.option("--split-seed", default=2024, show_default=True, help="Seed of the split.")
+@click.option("--split-seed", default=2024, show_default=True, type=SEED, help="Seed of the split.")
 @click.option("--features", type=click.Path(exists=True, file_okay=False), default=None)
 @_user_errors
 def sweep(
@@ -331,7 +385,7 @@ def sweep(
     from diffmm.experiments import BenchmarkSpec, parse_grid, run_sweep
 
     spec = BenchmarkSpec(
-        data=data if data.startswith("synthetic") else str(Path(data).expanduser().resolve()),
+        data=_absolute_data(data),
         models=[model],
         seeds=_seed_list(seeds),
         preset=preset,
@@ -350,17 +404,32 @@ def _seed_list(seeds: str) -> list[int]:
 
     try:
         if "," in seeds:
-            return [int(s) for s in seeds.split(",") if s.strip()]
-        return [421 + i for i in range(int(seeds))]
+            chosen = [int(s) for s in seeds.split(",") if s.strip()]
+        else:
+            chosen = [421 + i for i in range(int(seeds))]
     except ValueError:
         raise ConfigError(f"--seeds {seeds!r}: give a count (3) or a list (421,422)") from None
+    if not chosen or not all(0 <= s < 2**63 for s in chosen):
+        raise ConfigError(f"--seeds {seeds!r}: give a count >= 1 or seeds in [0, 2**63)")
+    return chosen
 
 
 @main.command()
 @click.argument("run_dir", type=RUN_DIR)
 @click.option("--user", "users", multiple=True, help="Raw user id (repeatable).")
-@click.option("--sample", default=0, help="Also explain this many users drawn at random.")
-@click.option("--top", default=10, show_default=True, help="Denoised items shown per modality.")
+@click.option(
+    "--sample",
+    default=0,
+    type=click.IntRange(min=0),
+    help="Also explain this many users drawn at random.",
+)
+@click.option(
+    "--top",
+    default=10,
+    show_default=True,
+    type=click.IntRange(min=1),
+    help="Denoised items shown per modality.",
+)
 @click.option("--out", "out", type=OUT_DIR, default=None, help="Folder for the PNGs and table.")
 @click.option("--data", default=None, help=MOVED_DATA_HELP)
 @_user_errors
@@ -402,12 +471,13 @@ def report() -> None:
 @_user_errors
 def report_sparsity(run_dirs: tuple[Path, ...], out: Path, groups: str) -> None:
     """Test metrics per group of users by number of training interactions (paper Fig. 2)."""
+    from diffmm.checkpoint import RunDir
     from diffmm.experiments import sparsity_study, write_sparsity
 
     bounds = _group_bounds(groups)
     runs: dict[str, list[str]] = {}
     for run_dir in run_dirs:
-        model = json.loads((run_dir / "config.json").read_text())["model"]
+        model = RunDir(run_dir).read_config().model
         runs.setdefault(model, []).append(str(run_dir))
     table = sparsity_study(runs, bounds)
     out.mkdir(parents=True, exist_ok=True)
@@ -560,17 +630,27 @@ def recommend(
 @click.option("--batch-size", default=1024, show_default=True, help="Users scored at a time.")
 @click.option("--include-seen", is_flag=True, help="Also recommend items already interacted with.")
 @click.option("--data", default=None, help=MOVED_DATA_HELP)
+@click.option("--force", is_flag=True, help="Replace --out if it exists (never the run's data).")
 @_user_errors
 def export(
-    run_dir: Path, out: Path, k: int, batch_size: int, include_seen: bool, data: str | None
+    run_dir: Path,
+    out: Path,
+    k: int,
+    batch_size: int,
+    include_seen: bool,
+    data: str | None,
+    force: bool,
 ) -> None:
     """Write the top-K items of every user to a CSV or Parquet file."""
-    from diffmm.export import export_top_k
+    from diffmm.export import check_export_path, export_top_k
     from diffmm.inference import load
 
     _check_writable_path(out)
+    check_export_path(out, run_dir, overwrite=force)
     rec = load(run_dir, data=data)
-    rows = export_top_k(rec, out, k=k, batch_size=batch_size, exclude_seen=not include_seen)
+    rows = export_top_k(
+        rec, out, k=k, batch_size=batch_size, exclude_seen=not include_seen, overwrite=force
+    )
     click.echo(f"wrote {rows} rows ({rec.n_users} users, top {k}) to {out}", err=True)
 
 
@@ -581,25 +661,69 @@ def export(
 @click.option("--data", default=None, help=MOVED_DATA_HELP)
 @click.option("--device", default="auto", show_default=True, help="auto, cpu or cuda[:i].")
 @click.option("--access-log", is_flag=True, help="Log every request.")
+@click.option(
+    "--token-file",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="File holding a bearer token that every endpoint but /health then requires "
+    "(default: $DIFFMM_SERVE_TOKEN, else no token). Use one beyond loopback.",
+)
+@click.option(
+    "--max-body-bytes",
+    default=64 * 1024,
+    show_default=True,
+    type=click.IntRange(min=1),
+    help="Larger request bodies are refused (413).",
+)
+@click.option(
+    "--max-results",
+    default=100_000,
+    show_default=True,
+    type=click.IntRange(min=1),
+    help="Most recommendations (users x k) one request may ask for (422 beyond).",
+)
 @_user_errors
 def serve(
-    run_dir: Path, host: str, port: int, data: str | None, device: str, access_log: bool
+    run_dir: Path,
+    host: str,
+    port: int,
+    data: str | None,
+    device: str,
+    access_log: bool,
+    token_file: Path | None,
+    max_body_bytes: int,
+    max_results: int,
 ) -> None:
     """Serve a trained run over HTTP (FastAPI): /health, /metadata, /users/{id}/recommendations."""
-    from diffmm.serve import serve as run_server
+    from diffmm import serve as serving
 
-    run_server(run_dir, host=host, port=port, data=data, device=device, access_log=access_log)
+    serving.serve(
+        run_dir,
+        host=host,
+        port=port,
+        data=data,
+        device=device,
+        access_log=access_log,
+        token_file=token_file,
+        max_body_bytes=max_body_bytes,
+        max_results=max_results,
+    )
 
 
 @main.command()
 @click.option("--epochs", default=None, type=int, help="Epochs per model (default: preset).")
-@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("runs/demo"))
+@click.option(
+    "--out",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="A new folder for the demo's runs [default: runs/demo-<time>].",
+)
 @_user_errors
-def demo(epochs: int | None, out: Path) -> None:
+def demo(epochs: int | None, out: Path | None) -> None:
     """Train DiffMM and LightGCN on the built-in synthetic data; print metrics and picks."""
     from diffmm.demo import run_demo
 
-    run_demo(out, epochs=epochs)
+    run_demo(out or Path("runs") / f"demo-{time.strftime('%Y%m%d-%H%M%S')}", epochs=epochs)
 
 
 if __name__ == "__main__":  # pragma: no cover

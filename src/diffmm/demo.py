@@ -15,14 +15,14 @@ from pathlib import Path
 import click
 import torch
 
-from diffmm.checkpoint import DataRef, write_metadata
+from diffmm.checkpoint import DataRef
 from diffmm.config import resolve_config
 from diffmm.data import make_synthetic
 from diffmm.data.dataset import Dataset
 from diffmm.evaluate import top_k_items
+from diffmm.inference import load
 from diffmm.models.base import Recommender
-from diffmm.train import Trainer
-from diffmm.utils import resolve_device, seed_everything
+from diffmm.train import train
 
 #: Settings of the demo's runs: short, so the whole demo takes about a minute on 2 cores.
 DEMO_RUNS: dict[str, list[str]] = {
@@ -33,21 +33,15 @@ METRICS = ("recall@10", "recall@20", "ndcg@10", "ndcg@20", "precision@20")
 
 
 def _train(name: str, dataset: Dataset, out: Path, epochs: int | None) -> tuple[dict, Recommender]:
-    from diffmm.models import get_model_class
-
     overrides = [*DEMO_RUNS[name], "train.progress=false"]
     if epochs is not None:
         overrides.append(f"train.epochs={epochs}")
     config = resolve_config(name, overrides=overrides)
-    seed_everything(config.train.seed)
-    device = resolve_device(config.train.device)
-    model = get_model_class(name)(config.params, dataset).to(device)
-    # The runs are complete run directories: `diffmm recommend runs/demo/diffmm` works.
-    write_metadata(out / name, config, dataset, DataRef("synthetic", "random", config.train.seed))
     start = time.perf_counter()
-    summary = Trainer(model, dataset, config.train, out / name, log=lambda _: None).fit()
+    # The runs are complete run directories: `diffmm recommend runs/demo-.../diffmm` works.
+    summary = train(config, dataset, out / name, log=lambda _: None, data_ref=DataRef("synthetic"))
     summary["seconds"] = time.perf_counter() - start
-    return summary, model
+    return summary, load(out / name, device=config.train.device).model
 
 
 def run_demo(out: Path, epochs: int | None = None, n_users_shown: int = 3) -> dict[str, dict]:

@@ -22,3 +22,11 @@ class ConfigError(DiffMMError):
 
 class UnknownIdError(DataError):
     """A user or item id that the data (or a trained model) does not know."""
+
+
+class WriteError(DiffMMError):
+    """An output file could not be written (disk full, no permission); nothing was lost."""
+
+
+class DivergedError(DiffMMError):
+    """Training produced a non-finite loss or parameter; the run stopped before saving it."""

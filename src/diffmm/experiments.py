@@ -123,8 +123,10 @@ def _run_one(cmd: list[str], run_dir: Path, log: Callable[[str], None]) -> None:
         cmd = ["train", "--resume", str(run_dir)]
     else:
         log("diffmm " + " ".join(cmd))
-    run_dir.mkdir(parents=True, exist_ok=True)
-    with (run_dir / "output.txt").open("a") as out:
+    # The command's output goes next to the run: a new run needs an empty directory.
+    output = run_dir.with_name(f"{run_dir.name}.output.txt")
+    run_dir.parent.mkdir(parents=True, exist_ok=True)
+    with output.open("a") as out:
         done = subprocess.run(
             [sys.executable, "-m", "diffmm.cli", *cmd],
             stdout=out,
@@ -132,7 +134,7 @@ def _run_one(cmd: list[str], run_dir: Path, log: Callable[[str], None]) -> None:
             env={**os.environ, "PYTHONUNBUFFERED": "1"},
         )
     if done.returncode != 0:
-        tail = "".join((run_dir / "output.txt").read_text().splitlines(True)[-5:])
+        tail = "".join(output.read_text().splitlines(True)[-5:])
         raise ConfigError(f"run {run_dir} failed (exit {done.returncode}):\n{tail}")
 
 

@@ -10,11 +10,30 @@ import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
+from diffmm.checkpoint import RunDir
 from diffmm.errors import ConfigError
 from diffmm.inference import TrainedRecommender
 from diffmm.utils import atomic_write
 
 FORMATS = {".csv": ",", ".tsv": "\t", ".parquet": None}
+
+
+def check_export_path(out: str | Path, run_dir: str | Path, overwrite: bool = False) -> None:
+    """Refuse an output that exists (unless ``overwrite``) or is one of the run's own files.
+
+    The run's files and its data's files (the table, the data folder, the features
+    folder, the split cache) are refused even with ``overwrite``.
+    """
+    out = Path(out)
+    target = out.resolve()
+    for protected in RunDir(run_dir).protected_paths():
+        if target == protected or protected in target.parents:
+            raise ConfigError(
+                f"--out {out} is {'inside ' if target != protected else ''}{protected}, part "
+                "of the run or of the data it was trained on; write somewhere else"
+            )
+    if out.exists() and not overwrite:
+        raise ConfigError(f"--out {out} exists; pass --force to replace it, or another --out")
 
 
 def export_top_k(
@@ -24,14 +43,17 @@ def export_top_k(
     batch_size: int = 1024,
     exclude_seen: bool = True,
     progress: bool = True,
+    overwrite: bool = False,
 ) -> int:
     """Write ``user, rank, item, score`` rows (rank 1 = best) for every user; returns the count.
 
     Users are scored ``batch_size`` at a time and each batch is appended to the file, so
     memory does not grow with the number of users. The file appears atomically when
-    complete.
+    complete. An existing ``out`` is replaced only with ``overwrite``; the run's own files
+    and its data's are never replaced (:func:`check_export_path`).
     """
     out = Path(out)
+    check_export_path(out, rec.metadata["run_dir"], overwrite)
     suffix = out.suffix.lower()
     if suffix not in FORMATS:
         raise ConfigError(f"{out}: unsupported output format; use one of {', '.join(FORMATS)}")

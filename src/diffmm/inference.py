@@ -20,7 +20,7 @@ import scipy.sparse as sp
 import torch
 
 from diffmm import checkpoint as ckpt
-from diffmm.data.dataset import Dataset, match_ids, preview
+from diffmm.data.dataset import Dataset, as_id_array, match_ids, preview
 from diffmm.errors import ConfigError, DataError, UnknownIdError
 from diffmm.evaluate import mask_items
 from diffmm.models import get_model_class
@@ -66,12 +66,12 @@ class TrainedRecommender:
     # ------------------------------------------------------------------ ids
     def user_index(self, user_ids: Sequence[Any] | np.ndarray) -> np.ndarray:
         """Indices of raw user ids; :class:`UnknownIdError` names the unknown ones."""
-        raw = np.atleast_1d(np.asarray(user_ids))
+        raw = as_id_array(user_ids)
         idx = match_ids(self.user_ids, raw)
         if (idx < 0).any():
             unknown = raw[idx < 0]
             raise UnknownIdError(
-                f"unknown user id(s) {preview(unknown)}: the model was trained on "
+                f"{len(unknown)} unknown user id(s) {preview(unknown)}: the model was trained on "
                 f"{self.n_users} users and knows no such id"
             )
         return idx
@@ -150,26 +150,23 @@ def load(run_dir: str | Path, data: str | None = None, device: str = "auto") -> 
             run's fingerprint); default: where they were at training time.
         device: "auto", "cpu" or "cuda[:i]".
     """
-    run_dir = Path(run_dir)
-    if not run_dir.is_dir():
-        raise DataError(f"{run_dir}: no such run directory; pass the --out of `diffmm train`")
-    config = ckpt.read_config(run_dir)
-    dataset = _run_dataset(run_dir, data, config.train.seed)
-    ckpt.check_fingerprint(run_dir, dataset)
-    user_ids, item_ids = ckpt.read_ids(run_dir, dataset.n_users, dataset.n_items)
+    run = ckpt.RunDir(run_dir)
+    run.require_run()
+    config = run.read_config()
+    dataset = run.load_data(moved_to=data)
+    user_ids, item_ids = run.read_ids(dataset.n_users, dataset.n_items)
     device_t = resolve_device(device)
-    best = ckpt.load_checkpoint(run_dir / ckpt.BEST, map_location=device_t)
+    best = run.load(ckpt.BEST, map_location=device_t)
     model = get_model_class(config.model)(config.params, dataset).to(device_t)
     try:
         model.load_state_dict(best["model"])
     except (RuntimeError, KeyError) as exc:
         raise DataError(
-            f"{run_dir / ckpt.BEST}: does not fit the model of {run_dir / ckpt.CONFIG} ({exc})"
+            f"{run / ckpt.BEST}: does not fit the model of {run / ckpt.CONFIG} ({exc})"
         ) from None
-    summary_path = run_dir / ckpt.SUMMARY
-    summary = ckpt.read_json(summary_path) if summary_path.exists() else {}
+    summary = run.read_summary()
     metadata = {
-        "run_dir": str(run_dir),
+        "run_dir": str(run.path),
         "model": config.model,
         "dataset": dataset.name,
         "n_users": dataset.n_users,
@@ -183,22 +180,6 @@ def load(run_dir: str | Path, data: str | None = None, device: str = "auto") -> 
     seen = _seen(dataset)
     del best
     return TrainedRecommender(model, seen, user_ids, item_ids, metadata, dataset)
-
-
-def _run_dataset(run_dir: Path, data: str | None, seed: int) -> Dataset:
-    ref = ckpt.read_data_ref(run_dir)
-    if data is not None:
-        old = ref or ckpt.DataRef(data, "random", seed)
-        ref = ckpt.DataRef.of(data, old.split, old.seed, old.features)
-    elif ref is None:
-        raise DataError(f"{run_dir} does not say where its data are; pass data=... (--data)")
-    try:
-        return ref.load()
-    except DataError as exc:
-        raise DataError(
-            f"cannot load the data of run {run_dir}: {exc}. If the data moved, pass their "
-            "new location (--data PATH, or data= in Python)"
-        ) from None
 
 
 def _seen(dataset: Dataset) -> sp.csr_matrix:

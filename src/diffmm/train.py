@@ -24,7 +24,6 @@ interrupted run from ``last.pt`` with the same result as an uninterrupted one.
 from __future__ import annotations
 
 import copy
-import json
 import statistics
 import time
 from collections.abc import Callable
@@ -37,25 +36,16 @@ import torch
 from tqdm.auto import tqdm
 
 from diffmm import checkpoint as ckpt
-from diffmm.checkpoint import (
-    DataRef,
-    capture_rng,
-    load_checkpoint,
-    restore_rng,
-    save_checkpoint,
-    write_metadata,
-)
+from diffmm.checkpoint import DataRef, RunDir
 from diffmm.config import RunConfig, TrainConfig
 from diffmm.data.dataset import Dataset
-from diffmm.errors import ConfigError, DataError
+from diffmm.errors import ConfigError, DataError, DivergedError
 from diffmm.evaluate import evaluate
 from diffmm.models import get_model_class
 from diffmm.models.base import Batch, Recommender
 from diffmm.sampling import NegativeSampler, bpr_epoch_batches, n_bpr_batches
+from diffmm.state import capture_rng, restore_rng
 from diffmm.utils import (
-    atomic_append_line,
-    atomic_write_bytes,
-    atomic_write_json,
     peak_rss_mb,
     release_free_memory,
     resolve_device,
@@ -91,8 +81,9 @@ class Trainer:
         model: the model, already on its device.
         dataset: the data; ``train`` drives the loss, ``valid`` the selection.
         config: training settings.
-        run_dir: where to write ``log.jsonl``, ``best.pt`` and ``summary.json`` (None:
-            write nothing).
+        run_dir: the run directory to write ``log.jsonl``, ``last.pt``, ``best.pt`` and
+            ``summary.json`` into, held (:meth:`RunDir.owned`) and created
+            (:meth:`RunDir.create`) by the caller; None: write nothing.
         log: receives one human-readable line per epoch and any warning.
     """
 
@@ -101,13 +92,13 @@ class Trainer:
         model: Recommender,
         dataset: Dataset,
         config: TrainConfig,
-        run_dir: Path | str | None = None,
+        run_dir: RunDir | None = None,
         log: Callable[[str], None] = print,
     ) -> None:
         self.model = model
         self.dataset = dataset
         self.config = config
-        self.run_dir = Path(run_dir) if run_dir is not None else None
+        self.run = run_dir
         self.log = log
         metric_k = int(config.metric.partition("@")[2])
         self.ks = sorted(set(config.ks) | {metric_k})
@@ -156,6 +147,10 @@ class Trainer:
             )
             losses = model.loss(batch)
             total = sum(losses.values())
+            if not torch.isfinite(total.detach()):
+                bad = {k: float(v.detach()) for k, v in losses.items() if not v.isfinite()}
+                bar.close()
+                self._diverged(epoch, f"loss {bad} at step {n_steps + 1}", "train.lr")
             optimizer.zero_grad(set_to_none=True)
             total.backward()
             optimizer.step()
@@ -168,15 +163,32 @@ class Trainer:
         means["loss"] = sum(means.values())
         return means
 
-    # ------------------------------------------------------------------ checkpoints
-    def _path(self, name: str) -> Path:
-        assert self.run_dir is not None
-        return self.run_dir / name
+    # ------------------------------------------------------------------ divergence
+    def _diverged(self, epoch: int, what: str, setting: str) -> None:
+        """Stop the run: a non-finite loss or parameter is never selected or saved."""
+        kept = ""
+        if self.run is not None:
+            kept = f"; {self.run.path} keeps the state after epoch {epoch - 1}"
+        values = {"train.lr": self.config.lr}
+        hint = f"{setting}={values[setting]:g}" if setting in values else setting
+        raise DivergedError(
+            f"training diverged in epoch {epoch}: non-finite {what}{kept}. Likely cause: "
+            f"{hint} is too large or the settings are unstable; lower it and start a new run"
+        )
 
+    def _check_parameters(self, epoch: int, phase: str, setting: str) -> None:
+        """Once per phase: every floating parameter and buffer of the model is finite."""
+        for name, value in self.model.state_dict().items():
+            if isinstance(value, torch.Tensor) and value.is_floating_point():
+                if not bool(torch.isfinite(value).all()):
+                    self._diverged(epoch, f"parameter {name!r} after the {phase}", setting)
+
+    # ------------------------------------------------------------------ checkpoints
     def _save_last(self, epoch: int, optimizer: torch.optim.Optimizer, sel: Selection) -> None:
         """The full state after ``epoch``: what ``--resume`` needs to go on identically."""
-        save_checkpoint(
-            self._path(ckpt.LAST),
+        assert self.run is not None
+        self.run.save(
+            ckpt.LAST,
             {
                 "epoch": epoch,
                 "model": self.model.state_dict(),
@@ -188,8 +200,9 @@ class Trainer:
         )
 
     def _save_best(self, epoch: int, sel: Selection, model_state: dict[str, Any]) -> None:
-        save_checkpoint(
-            self._path(ckpt.BEST),
+        assert self.run is not None
+        self.run.save(
+            ckpt.BEST,
             {
                 "epoch": epoch,
                 "metric": self.config.metric if sel.best_epoch else None,
@@ -205,9 +218,9 @@ class Trainer:
         them), and rewrites ``best.pt`` if the run died between the two saves of an
         improving epoch (the best state is then the checkpoint's own model).
         """
-        state = load_checkpoint(
-            self._path(ckpt.LAST), map_location=self.device, required=ckpt.TRAINING_STATE
-        )
+        run = self.run
+        assert run is not None
+        state = run.load(ckpt.LAST, map_location=self.device, required=ckpt.TRAINING_STATE)
         try:
             epoch = int(state["epoch"])
             self.model.load_state_dict(state["model"])
@@ -217,26 +230,22 @@ class Trainer:
             sel = Selection(**state["selection"])
         except (RuntimeError, KeyError, TypeError, ValueError) as exc:
             raise DataError(
-                f"{self._path(ckpt.LAST)}: does not fit the model and settings of this run "
+                f"{run / ckpt.LAST}: does not fit the model and settings of this run "
                 f"({type(exc).__name__}: {exc}); restore it from a copy"
             ) from None
-        log_path = self._path(ckpt.LOG)
-        if log_path.exists():
-            lines = [ln for ln in log_path.read_text().splitlines() if ln.strip()]
-            kept = [ln for ln in lines if json.loads(ln)["epoch"] <= epoch]
-            atomic_write_bytes(log_path, "".join(ln + "\n" for ln in kept).encode())
+        run.truncate_log(epoch)
         if sel.best_epoch:
-            best_path = self._path(ckpt.BEST)
-            best_epoch = load_checkpoint(best_path)["epoch"] if best_path.exists() else None
+            has_best = (run / ckpt.BEST).exists()
+            best_epoch = run.load(ckpt.BEST)["epoch"] if has_best else None
             if best_epoch != sel.best_epoch:
                 if sel.best_epoch != epoch:
                     raise DataError(
-                        f"{best_path}: holds epoch {best_epoch} but the run selected epoch "
-                        f"{sel.best_epoch}; the run directory was modified by hand"
+                        f"{run / ckpt.BEST}: holds epoch {best_epoch} but the run selected "
+                        f"epoch {sel.best_epoch}; the run directory was modified by hand"
                     )
                 self._save_best(epoch, sel, state["model"])
         del state
-        self.log(f"resuming {self.run_dir} after epoch {epoch}")
+        self.log(f"resuming {run.path} after epoch {epoch}")
         sel.resumed_after.append(epoch)
         return epoch, sel
 
@@ -261,14 +270,13 @@ class Trainer:
         metric = cfg.metric
         sel = Selection()
         done = 0
-        if self.run_dir is not None:
-            self.run_dir.mkdir(parents=True, exist_ok=True)
-            if resume and self._path(ckpt.LAST).exists():
+        if self.run is not None:
+            if resume and (self.run / ckpt.LAST).exists():
                 done, sel = self._resume(optimizer)
             else:
                 if resume:
-                    self.log(f"{self.run_dir} has no checkpoint yet; starting from epoch 1")
-                self._path(ckpt.LOG).unlink(missing_ok=True)
+                    self.log(f"{self.run.path} has no checkpoint yet; starting from epoch 1")
+                self.run.remove_log()
         elif resume:
             raise ValueError("resume needs a run directory")
         # Without a run directory the best state is kept in memory instead of best.pt.
@@ -283,9 +291,11 @@ class Trainer:
             model.train()
             stats = model.begin_epoch(epoch) or {}
             release_free_memory()
+            self._check_parameters(epoch, "per-epoch phase", model.epoch_phase_settings)
             t1 = self._now()
             losses = self._train_epoch(epoch, optimizer)
             release_free_memory()
+            self._check_parameters(epoch, "recommender pass", "train.lr")
             t2 = self._now()
 
             record: dict[str, Any] = {"epoch": epoch, "losses": losses}
@@ -329,7 +339,7 @@ class Trainer:
             sel.epoch_seconds.append(t3 - t0)
             if has_valid and sel.bad_validations >= cfg.patience:
                 sel.stopped_early = True
-            if self.run_dir is not None:
+            if self.run is not None:
                 # last.pt first: if the run dies before best.pt is replaced, resuming
                 # finds the best state in last.pt (see _resume).
                 t4 = self._now()
@@ -337,7 +347,7 @@ class Trainer:
                 if improved:
                     self._save_best(epoch, sel, model.state_dict())
                 record["seconds_checkpoint"] = self._now() - t4
-                atomic_append_line(self._path(ckpt.LOG), to_json(record, indent=None))
+                self.run.append_log(to_json(record, indent=None))
             elif improved:
                 best_in_memory = copy.deepcopy(model.state_dict())
             self._log_epoch(record)
@@ -358,11 +368,11 @@ class Trainer:
                 if not has_valid
                 else f"last epoch (valid {metric} was never finite)"
             )
-            if self.run_dir is not None:
+            if self.run is not None:
                 self._save_best(epochs_run, sel, model.state_dict())
         else:
-            if self.run_dir is not None:
-                best_state = load_checkpoint(self._path(ckpt.BEST), map_location=self.device)
+            if self.run is not None:
+                best_state = self.run.load(ckpt.BEST, map_location=self.device)
                 model.load_state_dict(best_state["model"])
                 del best_state
             elif best_in_memory is not None:
@@ -394,8 +404,8 @@ class Trainer:
             summary["resumed_after_epochs"] = sel.resumed_after
         if cfg.test_every_epoch:
             summary["best_on_test"] = {"note": PARITY_NOTE, **sel.best_on_test}
-        if self.run_dir is not None:
-            atomic_write_json(self._path(ckpt.SUMMARY), summary)
+        if self.run is not None:
+            self.run.write_summary(summary)
         self.log(
             f"selected epoch {best_epoch} ({selected_by}); test "
             + _fmt(test_metrics, [f"recall@{k}" for k in self.ks] + [f"ndcg@{k}" for k in self.ks])
@@ -427,36 +437,33 @@ def train(
     *,
     data_ref: DataRef | None = None,
     resume: bool = False,
-    overwrite: bool = False,
 ) -> dict[str, Any]:
     """Seed, build the model on the configured device, train it; returns the summary.
 
-    A new run writes ``config.json``, ``dataset.json`` (``data_ref`` and the data's
-    fingerprint) and ``ids.json`` to ``run_dir``. A directory that already holds a run is
-    refused unless ``resume`` (continue it: same configuration and data required) or
-    ``overwrite`` (start over) is set.
+    The model is built (and the settings checked against the data) before anything is
+    written. A new run goes only into a ``run_dir`` that does not exist or is empty; it
+    writes ``config.json``, ``dataset.json`` (``data_ref`` and the data's fingerprint)
+    and ``ids.json`` first, and removes them again if it fails before its first epoch.
+    ``resume`` continues the run in ``run_dir`` (same configuration and data required).
+    The run directory is locked for the whole run: a second process is refused.
     """
     cfg = run_config.train
     seed_everything(cfg.seed)
     device = resolve_device(cfg.device)
-    if run_dir is not None:
-        run_dir = Path(run_dir)
-        has_run = (run_dir / ckpt.LAST).exists() or (run_dir / ckpt.CONFIG).exists()
-        if resume:
-            if not (run_dir / ckpt.CONFIG).exists():
-                raise DataError(f"{run_dir}: no run to resume there (no {ckpt.CONFIG})")
-            ckpt.check_fingerprint(run_dir, dataset)
-        elif has_run and not overwrite:
-            raise ConfigError(
-                f"{run_dir} already holds a training run; continue it with "
-                f"`diffmm train --resume {run_dir}`, or pass another --out"
-            )
-        else:
-            run_dir.mkdir(parents=True, exist_ok=True)
-            for name in (ckpt.LAST, ckpt.BEST, ckpt.SUMMARY, ckpt.LOG):
-                (run_dir / name).unlink(missing_ok=True)
-            write_metadata(run_dir, run_config, dataset, data_ref)
-    elif resume:
+    if run_dir is None and resume:
         raise ConfigError("resume needs the run directory of the run to continue")
     model = get_model_class(run_config.model)(run_config.params, dataset).to(device)
-    return Trainer(model, dataset, cfg, run_dir=run_dir, log=log).fit(resume=resume)
+    if run_dir is None:
+        return Trainer(model, dataset, cfg, log=log).fit()
+    run = RunDir(run_dir)
+    with run.owned():
+        if resume:
+            run.require_run()
+            run.check_fingerprint(dataset)
+        else:
+            run.create(run_config, dataset, data_ref)
+        try:
+            return Trainer(model, dataset, cfg, run_dir=run, log=log).fit(resume=resume)
+        except Exception:
+            run.discard_new()
+            raise

@@ -5,8 +5,9 @@ from __future__ import annotations
 import json
 import os
 import random
+import shutil
 import sys
-import tempfile
+import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -14,7 +15,7 @@ from typing import Any, BinaryIO
 import numpy as np
 import torch
 
-from diffmm.errors import ConfigError
+from diffmm.errors import ConfigError, DiffMMError, WriteError
 
 
 def seed_everything(seed: int) -> np.random.Generator:
@@ -52,23 +53,45 @@ def atomic_write(path: str | Path, write: Callable[[BinaryIO], None]) -> None:
 
     The data go to a temporary file in the same directory, which is flushed, fsynced
     and then renamed over ``path`` with :func:`os.replace`; a reader sees either the
-    old file or the new one, never a partial write.
+    old file or the new one, never a partial write. The file is created with mode
+    0666 less the umask, like any other program's output.
+
+    Raises:
+        WriteError: the file could not be written (e.g. the disk is full); the
+            previous version of ``path``, if any, is left as it was.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    tmp = path.parent / f".{path.name}.{uuid.uuid4().hex[:12]}.tmp"
     try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
         with os.fdopen(fd, "wb") as fh:
             write(fh)
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         try:
             os.unlink(tmp)
         except FileNotFoundError:
             pass
+        if isinstance(exc, OSError | RuntimeError) and not isinstance(exc, DiffMMError):
+            raise WriteError(_write_failure(path, exc)) from None
         raise
+
+
+def _write_failure(path: Path, exc: BaseException) -> str:
+    """One line on why ``path`` could not be written, with the free space of its disk."""
+    if isinstance(exc, OSError) and exc.strerror:
+        reason = exc.strerror
+    else:
+        reason = " ".join(str(exc).split())[:200] or type(exc).__name__
+    try:
+        free = f"; {shutil.disk_usage(path.parent).free / 2**20:.0f} MB free there"
+    except OSError:
+        free = ""
+    kept = "the previous version is intact" if path.exists() else "nothing was written"
+    return f"cannot write {path}: {reason}{free}; {kept}. Free some space or choose another path"
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
