@@ -53,3 +53,8 @@ def test_an_unknown_user_is_a_404_with_a_message(server):
 def test_a_bad_k_is_a_422(server, k):
     status, body = server.get(f"/users/1/recommendations?k={k}")
     assert status == 422 and "k" in body["detail"]
+
+
+def test_the_command_refuses_a_body_over_its_default_limit(server):
+    status, body = server.post("/recommendations", raw=b'{"users": [' + b"1, " * 100_000 + b"1]}")
+    assert status == 413 and "bytes" in body["detail"]
