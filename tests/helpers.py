@@ -77,11 +77,13 @@ def planted_dataset(
 def fit_bpr(
     model: Recommender, data: Dataset, epochs: int, lr: float = 0.05, seed: int = 0
 ) -> list[float]:
-    """A bare BPR loop (no trainer): Adam, batches of 256; returns each epoch's loss sum."""
+    """A bare BPR loop (no trainer): ``begin_epoch`` then Adam over batches of 256 each
+    epoch, as the trainer does; returns each epoch's loss sum."""
     rng = np.random.default_rng(seed)
     opt = torch.optim.Adam(model.trainable_parameters(), lr=lr)
     losses = []
-    for _ in range(epochs):
+    for epoch in range(epochs):
+        model.begin_epoch(epoch)
         total = 0.0
         for u, p, n in bpr_epoch_batches(data.train, 256, rng):
             batch = Batch(*(torch.from_numpy(x) for x in (u, p, n)))

@@ -120,6 +120,22 @@ def test_batch_size_invariance():
     assert res[f"ndcg@{n_items}"] == pytest.approx(1.0)
 
 
+def test_before_batch_is_called_before_each_score_batch():
+    rng = np.random.default_rng(1)
+    train = rng.random((10, 6)) < 0.2
+    data = make_dataset(train, (rng.random((10, 6)) < 0.3) & ~train)
+    n_users = int((data.valid.getnnz(axis=1) > 0).sum())
+    events = []
+
+    def scores(users):
+        events.append(len(users))
+        return torch.zeros(len(users), 6)
+
+    evaluate(scores, data, "valid", batch_size=3, before_batch=lambda: events.append("hook"))
+    sizes = [min(3, n_users - start) for start in range(0, n_users, 3)]
+    assert events == [e for size in sizes for e in ("hook", size)]
+
+
 def test_no_users_to_evaluate():
     data = make_dataset([[1, 0], [0, 1]])
     res = evaluate(lambda u: torch.zeros(len(u), 2), data, "valid", ks=(1,))

@@ -171,3 +171,55 @@ def test_metric_k_outside_ks_is_still_computed():
 def test_trains_each_baseline(model):
     summary = train(run_config(model, epochs=2), planted_dataset(), None, log=quiet)
     assert summary["model"] == model and summary["test"]["n_users"] > 0
+
+
+def test_epoch_phases_run_in_order_timed_with_memory_given_back_after_each(monkeypatch):
+    events: list[str] = []
+
+    def phases(self, epoch):
+        def phase(name):
+            def run():
+                events.append(f"{name}{epoch}")
+                return {f"{name}_stat": float(epoch)}
+
+            return name, run
+
+        return [phase("first"), phase("second")]
+
+    monkeypatch.setattr(MF, "epoch_phases", phases)
+    monkeypatch.setattr(train_mod, "release_free_memory", lambda: events.append("release"))
+    monkeypatch.setattr(train_mod, "evaluate", ScriptedEvaluate([0.1, 0.2]))
+    data = planted_dataset()
+    cfg = TrainConfig(epochs=2, lr=0.05, batch_size=128, progress=False)
+    records = []
+    trainer = Trainer(MF(MFConfig(embedding_dim=8), data), data, cfg, log=quiet)
+    monkeypatch.setattr(trainer, "_log_epoch", records.append)
+    trainer.fit()
+    # a release after each phase, then one after the recommender pass
+    per_epoch = [[f"first{e}", "release", f"second{e}", "release", "release"] for e in (1, 2)]
+    assert events == per_epoch[0] + per_epoch[1]
+    for epoch, record in enumerate(records, start=1):
+        stats = record["begin_epoch"]
+        assert stats["first_stat"] == stats["second_stat"] == epoch
+        assert list(stats) == ["first_stat", "seconds_first", "second_stat", "seconds_second"]
+        phases_seconds = stats["seconds_first"] + stats["seconds_second"]
+        assert 0 < phases_seconds <= record["seconds_begin_epoch"]
+
+
+def test_a_model_without_phases_runs_begin_epoch_as_its_one_phase(tmp_path):
+    summary = train(run_config(epochs=2), planted_dataset(), tmp_path, log=quiet)
+    assert summary["epochs_run"] == 2
+    for record in read_log(tmp_path):
+        assert set(record["begin_epoch"]) == {"seconds_begin_epoch"}
+
+
+def test_evaluation_gives_memory_back_before_every_score_batch(monkeypatch):
+    hooks = []
+
+    def spy(score_fn, dataset, split, **kw):
+        hooks.append(kw.get("before_batch"))
+        return real_evaluate(score_fn, dataset, split, **kw)
+
+    monkeypatch.setattr(train_mod, "evaluate", spy)
+    train(run_config(epochs=1), planted_dataset(), None, log=quiet)
+    assert hooks == [train_mod.release_free_memory] * 2  # valid, then test

@@ -25,7 +25,6 @@ import torch
 from torch import Tensor
 
 from diffmm.data.dataset import Dataset
-from diffmm.utils import release_free_memory
 
 METRICS = ("recall", "ndcg", "precision", "hit")
 
@@ -75,6 +74,7 @@ def evaluate(
     batch_size: int = 1024,
     device: str | torch.device = "cpu",
     per_user: bool = False,
+    before_batch: Callable[[], None] | None = None,
 ) -> dict[str, Any]:
     """All-rank metrics of ``score_fn`` on ``split`` ("valid" or "test").
 
@@ -87,6 +87,8 @@ def evaluate(
         batch_size: users scored at once.
         device: where masking and top-K run.
         per_user: also return each evaluated user's metrics under ``"per_user"``.
+        before_batch: called before each batch of users is scored (the trainer gives
+            freed memory back to the system there).
 
     Returns:
         ``{"recall@10": float, "ndcg@10": ..., "precision@10": ..., "hit@10": ..., ...,
@@ -118,11 +120,8 @@ def evaluate(
     per: dict[str, list[np.ndarray]] = {name: [] for name in metric_names(ks)}
 
     for start in range(0, users.size, batch_size):
-        # Give the previous batch's freed pages back first: under the command's malloc
-        # setting (keep_freed_memory_for_reuse) a heap fragmented by training placed
-        # each batch on fresh pages, measured +500 MB on Baby-sized data; with this,
-        # evaluation adds nothing to the peak.
-        release_free_memory()
+        if before_batch is not None:
+            before_batch()
         batch = users[start : start + batch_size]
         b = batch.size
         user_t = torch.from_numpy(batch).to(device)

@@ -61,10 +61,7 @@ def explain_user(rec: TrainedRecommender, user_id: Any, top: int = 10) -> dict[s
         "modalities": {},
     }
     for m, name in enumerate(model.modalities):
-        denoiser = model.denoisers[m].eval()
-        row = model.diffusion.sample(
-            denoiser, model._sparse_rows(users), model.config.sampling_steps
-        )
+        row = model.generator.denoise(users, m)
         scores, items = torch.topk(row[0], min(top, rec.n_items))
         items_np = items.cpu().numpy()
         graph = (model.scoring_graphs or model.modality_graphs)[m]  # the graph scored with

@@ -8,13 +8,13 @@ normalised symmetrically, ``A_hat = D^{-1/2} A D^{-1/2}`` with ``D`` the row deg
 (LightGCN, He et al. SIGIR 2020, eq. 7 uses no self-loops; DiffMM's reference code adds
 them). Rows of degree zero stay zero. Matrices are built with SciPy, vectorised, and
 returned as float32 torch sparse tensors in CSR layout, which multiplies a dense matrix
-(``torch.sparse.mm``) faster than COO on CPU (one core, 64-d embeddings: TikTok 2.7 vs
-5.4 ms forward, Baby 5.3 vs 10.5 ms).
+(``torch.sparse.mm``) faster than COO on CPU.
 
 These matrices are symmetric, so the gradient of ``A_hat @ X`` with respect to ``X`` is
 ``A_hat @ G`` again; :func:`spmm` with ``symmetric=True`` uses that instead of letting
-autograd transpose the CSR matrix on every backward pass, which halves the cost of a
-two-layer forward and backward pass (TikTok 11 vs 29 ms, Baby 22 vs 40 ms, one core).
+autograd transpose the CSR matrix on every backward pass.
+
+The figures behind both choices are in ``benchmarks/results/design_measurements.md``.
 """
 
 from __future__ import annotations

@@ -2,23 +2,25 @@
 
 One epoch is
 
-1. ``model.begin_epoch(epoch)`` (per-epoch work such as DiffMM's diffusion pass);
+1. the phases of ``model.epoch_phases(epoch)`` (per-epoch work such as DiffMM's diffusion
+   pass and graph regeneration), each timed, with freed memory given back after each;
 2. the recommender pass: every training pair once, shuffled, with one uniform negative,
    in batches of ``batch_size``; one Adam step on the sum of ``model.loss(batch)``;
 3. every ``eval_every`` epochs (and at the last one), all-rank validation.
 
-Model selection is on the validation split only: training stops after ``patience``
-validations without improvement of ``metric`` and the best validation state is restored
-before the test split is scored, once. With ``test_every_epoch`` the test split is also
-scored at every validation and reported as ``test_parity/...`` and ``best_on_test``
-(the authors' protocol, for comparison with published numbers only; never used to
-select anything).
+Model selection is on the validation split only (:class:`~diffmm.selection.Selection`):
+training stops after ``patience`` validations without improvement of ``metric`` and the
+best validation state is restored before the test split is scored, once. With
+``test_every_epoch`` the test split is also scored at every validation and reported as
+``test_parity/...`` and ``best_on_test`` (the authors' protocol, for comparison with
+published numbers only; never used to select anything).
 
 Epochs are numbered from 1. A run directory, when given, receives the files described
 in :mod:`diffmm.checkpoint`: after every epoch ``last.pt`` (the full training state),
 ``best.pt`` when validation improved, and a line of ``log.jsonl``; ``summary.json`` at
 the end. Every file is written atomically, and ``train(..., resume=True)`` continues an
-interrupted run from ``last.pt`` with the same result as an uninterrupted one.
+interrupted run from ``last.pt`` with the same result as an uninterrupted one
+(:mod:`diffmm.train_state`).
 """
 
 from __future__ import annotations
@@ -27,7 +29,6 @@ import copy
 import statistics
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -36,15 +37,16 @@ import torch
 from tqdm.auto import tqdm
 
 from diffmm import checkpoint as ckpt
+from diffmm import train_state
 from diffmm.checkpoint import DataRef, RunDir
 from diffmm.config import RunConfig, TrainConfig
 from diffmm.data.dataset import Dataset
-from diffmm.errors import ConfigError, DataError, DivergedError
+from diffmm.errors import ConfigError, DivergedError
 from diffmm.evaluate import evaluate
 from diffmm.models import get_model_class
 from diffmm.models.base import Batch, Recommender
 from diffmm.sampling import NegativeSampler, bpr_epoch_batches, n_bpr_batches
-from diffmm.state import capture_rng, restore_rng
+from diffmm.selection import Selection
 from diffmm.utils import (
     peak_rss_mb,
     release_free_memory,
@@ -54,20 +56,6 @@ from diffmm.utils import (
 )
 
 PARITY_NOTE = "authors' protocol (best epoch chosen on test), for parity only; never used"
-
-
-@dataclass
-class Selection:
-    """Early-stopping state: what the run has selected so far (saved in ``last.pt``)."""
-
-    best_value: float = -float("inf")
-    best_epoch: int = 0
-    best_valid: dict[str, float] = field(default_factory=dict)
-    bad_validations: int = 0
-    stopped_early: bool = False
-    best_on_test: dict[str, dict[str, float]] = field(default_factory=dict)
-    epoch_seconds: list[float] = field(default_factory=list)
-    resumed_after: list[int] = field(default_factory=list)
 
 
 def _fmt(metrics: dict[str, float], keys: list[str]) -> str:
@@ -103,30 +91,33 @@ class Trainer:
         metric_k = int(config.metric.partition("@")[2])
         self.ks = sorted(set(config.ks) | {metric_k})
         self.device = model.device
+        self.has_valid = dataset.valid.nnz > 0
 
     # ------------------------------------------------------------------ helpers
-    def _sync(self) -> None:
+    def _now(self) -> float:
+        """Wall time, after the device's queued work is done."""
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
-
-    def _now(self) -> float:
-        self._sync()
         return time.perf_counter()
 
     def _evaluate(self, split: str, embeddings: tuple[torch.Tensor, torch.Tensor]) -> dict:
+        """All-rank metrics on ``split``. Freed pages go back to the system before every
+        score batch: under the command's malloc setting (``keep_freed_memory_for_reuse``)
+        a heap fragmented by training would place each batch on fresh pages, adding to
+        the peak (benchmarks/results/design_measurements.md has the figure)."""
         model = self.model
-        result = evaluate(
+        return evaluate(
             lambda users: model.scores(users, embeddings),
             self.dataset,
             split,
             ks=self.ks,
             batch_size=self.config.eval_batch_size,
             device=self.device,
+            before_batch=release_free_memory,
         )
-        return result
 
-    def _train_epoch(self, epoch: int, optimizer: torch.optim.Optimizer) -> dict[str, float]:
-        model, cfg = self.model, self.config
+    def _train_epoch(self, epoch: int) -> dict[str, float]:
+        model, cfg, optimizer = self.model, self.config, self.optimizer
         model.train()
         totals: dict[str, torch.Tensor] = {}
         n_steps = 0
@@ -140,11 +131,7 @@ class Trainer:
             dynamic_ncols=True,
         )
         for users, pos, neg in bar:
-            batch = Batch(
-                users=torch.from_numpy(users).to(self.device),
-                pos_items=torch.from_numpy(pos).to(self.device),
-                neg_items=torch.from_numpy(neg).to(self.device),
-            )
+            batch = Batch(*(torch.from_numpy(x).to(self.device) for x in (users, pos, neg)))
             losses = model.loss(batch)
             total = sum(losses.values())
             if not torch.isfinite(total.detach()):
@@ -183,72 +170,6 @@ class Trainer:
                 if not bool(torch.isfinite(value).all()):
                     self._diverged(epoch, f"parameter {name!r} after the {phase}", setting)
 
-    # ------------------------------------------------------------------ checkpoints
-    def _save_last(self, epoch: int, optimizer: torch.optim.Optimizer, sel: Selection) -> None:
-        """The full state after ``epoch``: what ``--resume`` needs to go on identically."""
-        assert self.run is not None
-        self.run.save(
-            ckpt.LAST,
-            {
-                "epoch": epoch,
-                "model": self.model.state_dict(),
-                "model_extra": self.model.extra_state_dict(),
-                "optimizer": optimizer.state_dict(),
-                "rng": capture_rng(self.rng),
-                "selection": asdict(sel),
-            },
-        )
-
-    def _save_best(self, epoch: int, sel: Selection, model_state: dict[str, Any]) -> None:
-        assert self.run is not None
-        self.run.save(
-            ckpt.BEST,
-            {
-                "epoch": epoch,
-                "metric": self.config.metric if sel.best_epoch else None,
-                "value": sel.best_value if sel.best_epoch else None,
-                "model": model_state,
-            },
-        )
-
-    def _resume(self, optimizer: torch.optim.Optimizer) -> tuple[int, Selection]:
-        """Load ``last.pt``; returns the last finished epoch and the selection state.
-
-        Drops log lines of epochs after the checkpoint (the run died before saving
-        them), and rewrites ``best.pt`` if the run died between the two saves of an
-        improving epoch (the best state is then the checkpoint's own model).
-        """
-        run = self.run
-        assert run is not None
-        state = run.load(ckpt.LAST, map_location=self.device, required=ckpt.TRAINING_STATE)
-        try:
-            epoch = int(state["epoch"])
-            self.model.load_state_dict(state["model"])
-            self.model.load_extra_state_dict(state["model_extra"])
-            optimizer.load_state_dict(state["optimizer"])
-            restore_rng(state["rng"], self.rng)
-            sel = Selection(**state["selection"])
-        except (RuntimeError, KeyError, TypeError, ValueError) as exc:
-            raise DataError(
-                f"{run / ckpt.LAST}: does not fit the model and settings of this run "
-                f"({type(exc).__name__}: {exc}); restore it from a copy"
-            ) from None
-        run.truncate_log(epoch)
-        if sel.best_epoch:
-            has_best = (run / ckpt.BEST).exists()
-            best_epoch = run.load(ckpt.BEST)["epoch"] if has_best else None
-            if best_epoch != sel.best_epoch:
-                if sel.best_epoch != epoch:
-                    raise DataError(
-                        f"{run / ckpt.BEST}: holds epoch {best_epoch} but the run selected "
-                        f"epoch {sel.best_epoch}; the run directory was modified by hand"
-                    )
-                self._save_best(epoch, sel, state["model"])
-        del state
-        self.log(f"resuming {run.path} after epoch {epoch}")
-        sel.resumed_after.append(epoch)
-        return epoch, sel
-
     # ------------------------------------------------------------------ the loop
     def fit(self, resume: bool = False) -> dict[str, Any]:
         """Train, select on validation, score test once; returns the summary.
@@ -256,23 +177,42 @@ class Trainer:
         With ``resume`` the run continues from ``run_dir/last.pt`` (or starts afresh if
         the run died before its first checkpoint).
         """
-        cfg, model, dataset = self.config, self.model, self.dataset
+        done = self._start(resume)
+        sel = self.selection
+        epoch = done
+        for epoch in range(done + 1, self.config.epochs + 1):
+            if sel.stopped_early:  # a resumed run that had already stopped
+                epoch -= 1
+                break
+            self._run_epoch(epoch)
+            if sel.stopped_early:
+                self.log(
+                    f"early stop at epoch {epoch}: no {self.config.metric} improvement in "
+                    f"{self.config.patience} validations; best epoch {sel.best_epoch}"
+                )
+                break
+        return self._select_and_test(epoch)
+
+    def _start(self, resume: bool) -> int:
+        """Seed, build the optimiser, resume if asked; returns the last finished epoch."""
+        cfg = self.config
         torch.manual_seed(cfg.seed)
         self.rng = np.random.default_rng(cfg.seed)
-        self.sampler = NegativeSampler(dataset.train)
-        optimizer = torch.optim.Adam(model.trainable_parameters(), lr=cfg.lr)
-        has_valid = dataset.valid.nnz > 0
-        if not has_valid:
+        self.sampler = NegativeSampler(self.dataset.train)
+        self.optimizer = torch.optim.Adam(self.model.trainable_parameters(), lr=cfg.lr)
+        if not self.has_valid:
             self.log(
                 "warning: the dataset has no validation interactions; early stopping is "
                 "off and the last epoch is selected"
             )
-        metric = cfg.metric
-        sel = Selection()
-        done = 0
+        self.selection, done = Selection(), 0
         if self.run is not None:
             if resume and (self.run / ckpt.LAST).exists():
-                done, sel = self._resume(optimizer)
+                done, self.selection = train_state.load_last(
+                    self.run, self.model, self.optimizer, self.rng, cfg.metric
+                )
+                self.log(f"resuming {self.run.path} after epoch {done}")
+                self.selection.resumed_after.append(done)
             else:
                 if resume:
                     self.log(f"{self.run.path} has no checkpoint yet; starting from epoch 1")
@@ -280,123 +220,104 @@ class Trainer:
         elif resume:
             raise ValueError("resume needs a run directory")
         # Without a run directory the best state is kept in memory instead of best.pt.
-        best_in_memory: dict[str, Any] | None = None
+        self._best_in_memory: dict[str, Any] | None = None
+        return done
 
-        epoch = done
-        for epoch in range(done + 1, cfg.epochs + 1):
-            if sel.stopped_early:  # a resumed run that had already stopped
-                epoch -= 1
-                break
-            t0 = self._now()
-            model.train()
-            stats = model.begin_epoch(epoch) or {}
+    def _run_epoch(self, epoch: int) -> None:
+        """One epoch: per-epoch phases, recommender pass, validation, files and log."""
+        t0 = self._now()
+        self.model.train()
+        stats = self._run_phases(epoch)
+        t1 = self._now()
+        losses = self._train_epoch(epoch)
+        release_free_memory()
+        self._check_parameters(epoch, "recommender pass", "train.lr")
+        t2 = self._now()
+        valid, test, improved = self._validate(epoch)
+        t3 = self._now()
+
+        record: dict[str, Any] = {"epoch": epoch, "losses": losses}
+        if valid:
+            record["valid"] = valid
+        if test:
+            record["test_parity"] = test
+        record.update(improved=improved, begin_epoch=stats, seconds_begin_epoch=t1 - t0)
+        record.update(seconds_train=t2 - t1, seconds_eval=t3 - t2, seconds=t3 - t0)
+        sel = self.selection
+        sel.epoch_seconds.append(t3 - t0)
+        if self.has_valid and sel.should_stop(self.config.patience):
+            sel.stopped_early = True
+        self._checkpoint(epoch, improved, record)
+        self._log_epoch(record)
+
+    def _run_phases(self, epoch: int) -> dict[str, float]:
+        """The model's per-epoch phases in order, each timed (``seconds_<name>``), with
+        freed memory given back after each; then every parameter must be finite."""
+        stats: dict[str, float] = {}
+        for name, phase in self.model.epoch_phases(epoch):
+            start = self._now()
+            stats.update(phase() or {})
+            stats[f"seconds_{name}"] = self._now() - start
             release_free_memory()
-            self._check_parameters(epoch, "per-epoch phase", model.epoch_phase_settings)
-            t1 = self._now()
-            losses = self._train_epoch(epoch, optimizer)
-            release_free_memory()
-            self._check_parameters(epoch, "recommender pass", "train.lr")
-            t2 = self._now()
+        self._check_parameters(epoch, "per-epoch phase", self.model.epoch_phase_settings)
+        return stats
 
-            record: dict[str, Any] = {"epoch": epoch, "losses": losses}
-            validate = epoch % cfg.eval_every == 0 or epoch == cfg.epochs
-            valid: dict[str, Any] = {}
-            test: dict[str, Any] = {}
-            improved = False
-            if validate and (has_valid or cfg.test_every_epoch):
-                model.eval()
-                with torch.no_grad():
-                    emb = model.embeddings()
-                    if has_valid:
-                        valid = self._evaluate("valid", emb)
-                    if cfg.test_every_epoch:
-                        test = self._evaluate("test", emb)
-                del emb
-                if has_valid:
-                    if valid[metric] > sel.best_value:
-                        sel.best_value, sel.best_epoch, sel.best_valid = valid[metric], epoch, valid
-                        sel.bad_validations = 0
-                        improved = True
-                    else:
-                        sel.bad_validations += 1
-                for key, value in test.items():
-                    if key != "n_users" and (
-                        key not in sel.best_on_test or value > sel.best_on_test[key]["value"]
-                    ):
-                        sel.best_on_test[key] = {"value": value, "epoch": epoch}
-            t3 = self._now()
+    def _validate(self, epoch: int) -> tuple[dict, dict, bool]:
+        """Every ``eval_every`` epochs and at the last: ``(valid, test, improved)``;
+        the test split only with ``test_every_epoch``, for the parity report."""
+        cfg, model = self.config, self.model
+        due = epoch % cfg.eval_every == 0 or epoch == cfg.epochs
+        if not due or not (self.has_valid or cfg.test_every_epoch):
+            return {}, {}, False
+        model.eval()
+        valid: dict[str, Any] = {}
+        test: dict[str, Any] = {}
+        with torch.no_grad():
+            emb = model.embeddings()
+            if self.has_valid:
+                valid = self._evaluate("valid", emb)
+            if cfg.test_every_epoch:
+                test = self._evaluate("test", emb)
+        del emb
+        improved = self.has_valid and self.selection.observe(epoch, valid, cfg.metric)
+        if test:
+            self.selection.observe_test(epoch, test)
+        return valid, test, improved
 
-            if valid:
-                record["valid"] = valid
-            if test:
-                record["test_parity"] = test
-            record["improved"] = improved
-            record["begin_epoch"] = stats
-            record["seconds_begin_epoch"] = t1 - t0
-            record["seconds_train"] = t2 - t1
-            record["seconds_eval"] = t3 - t2
-            record["seconds"] = t3 - t0
-            sel.epoch_seconds.append(t3 - t0)
-            if has_valid and sel.bad_validations >= cfg.patience:
-                sel.stopped_early = True
-            if self.run is not None:
-                # last.pt first: if the run dies before best.pt is replaced, resuming
-                # finds the best state in last.pt (see _resume).
-                t4 = self._now()
-                self._save_last(epoch, optimizer, sel)
-                if improved:
-                    self._save_best(epoch, sel, model.state_dict())
-                record["seconds_checkpoint"] = self._now() - t4
-                self.run.append_log(to_json(record, indent=None))
-            elif improved:
-                best_in_memory = copy.deepcopy(model.state_dict())
-            self._log_epoch(record)
+    def _checkpoint(self, epoch: int, improved: bool, record: dict[str, Any]) -> None:
+        """``last.pt``, ``best.pt`` if improved, and the log line; in memory without a run."""
+        if self.run is None:
+            if improved:
+                self._best_in_memory = copy.deepcopy(self.model.state_dict())
+            return
+        # last.pt first: if the run dies before best.pt is replaced, resuming finds the
+        # best state in last.pt (see train_state.load_last).
+        start = self._now()
+        train_state.save_last(self.run, epoch, self.model, self.optimizer, self.rng, self.selection)
+        if improved:
+            self._save_best(epoch)
+        record["seconds_checkpoint"] = self._now() - start
+        self.run.append_log(to_json(record, indent=None))
 
-            if sel.stopped_early:
-                self.log(
-                    f"early stop at epoch {epoch}: no {metric} improvement in "
-                    f"{cfg.patience} validations; best epoch {sel.best_epoch}"
-                )
-                break
-
-        epochs_run = epoch
-        best_epoch = sel.best_epoch
-        if not has_valid or not sel.best_epoch:
-            best_epoch = epochs_run
-            selected_by = (
-                "last epoch (no validation interactions)"
-                if not has_valid
-                else f"last epoch (valid {metric} was never finite)"
-            )
-            if self.run is not None:
-                self._save_best(epochs_run, sel, model.state_dict())
-        else:
-            if self.run is not None:
-                best_state = self.run.load(ckpt.BEST, map_location=self.device)
-                model.load_state_dict(best_state["model"])
-                del best_state
-            elif best_in_memory is not None:
-                model.load_state_dict(best_in_memory)
-            selected_by = f"best valid {metric}"
-
+    def _select_and_test(self, epochs_run: int) -> dict[str, Any]:
+        """Restore the selected state, score the test split once; the run's summary."""
+        cfg, model, sel = self.config, self.model, self.selection
+        best_epoch, selected_by = self._restore_selected(epochs_run)
         model.eval()
         with torch.no_grad():
             test_metrics = self._evaluate("test", model.embeddings())
-
         summary: dict[str, Any] = {
             "model": model.name,
-            "dataset": dataset.name,
+            "dataset": self.dataset.name,
             "device": str(self.device),
             "best_epoch": best_epoch,
-            "selection": {"metric": metric, "split": "valid" if has_valid else None},
+            "selection": {"metric": cfg.metric, "split": "valid" if self.has_valid else None},
             "selected_by": selected_by,
             "valid": sel.best_valid,
             "test": test_metrics,
             "epochs_run": epochs_run,
             "stopped_early": sel.stopped_early,
-            "seconds_per_epoch": (
-                statistics.median(sel.epoch_seconds) if sel.epoch_seconds else 0.0
-            ),
+            "seconds_per_epoch": statistics.median(sel.epoch_seconds or [0.0]),
             "seconds_total": float(sum(sel.epoch_seconds)),
             "peak_rss_mb": peak_rss_mb(),
         }
@@ -411,6 +332,28 @@ class Trainer:
             + _fmt(test_metrics, [f"recall@{k}" for k in self.ks] + [f"ndcg@{k}" for k in self.ks])
         )
         return summary
+
+    def _save_best(self, epoch: int) -> None:
+        assert self.run is not None
+        state = self.model.state_dict()
+        train_state.save_best(self.run, epoch, self.config.metric, self.selection, state)
+
+    def _restore_selected(self, epochs_run: int) -> tuple[int, str]:
+        """Load the best validation state (or keep the last epoch's); ``(epoch, why)``."""
+        metric, best_epoch = self.config.metric, self.selection.best_epoch
+        if not self.has_valid or not best_epoch:
+            if self.run is not None:
+                self._save_best(epochs_run)
+            if not self.has_valid:
+                return epochs_run, "last epoch (no validation interactions)"
+            return epochs_run, f"last epoch (valid {metric} was never finite)"
+        if self.run is not None:
+            best_state = self.run.load(ckpt.BEST, map_location=self.device)
+            self.model.load_state_dict(best_state["model"])
+            del best_state
+        elif self._best_in_memory is not None:
+            self.model.load_state_dict(self._best_in_memory)
+        return best_epoch, f"best valid {metric}"
 
     def _log_epoch(self, record: dict[str, Any]) -> None:
         parts = [f"epoch {record['epoch']:>3}"]

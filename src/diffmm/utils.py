@@ -153,8 +153,7 @@ def release_free_memory() -> None:
     With :func:`keep_freed_memory_for_reuse` freed blocks stay resident so that the
     batches of one phase reuse them; calling this between phases (diffusion, graph
     regeneration, recommender pass, evaluation) keeps one phase's leftovers from adding
-    to the next one's peak: measured on TikTok, the process's peak fell from 1062 to
-    1002 MB.
+    to the next one's peak (``benchmarks/results/design_measurements.md``).
     """
     import ctypes
     import ctypes.util
@@ -172,10 +171,11 @@ def keep_freed_memory_for_reuse(threshold_bytes: int = 1 << 30) -> bool:
 
     By default glibc gives every block above its mmap threshold fresh pages from the
     kernel and returns them on free, so each large tensor (a batch of interaction rows,
-    a block of contrastive logits) pays a page fault per 4 KiB on first touch: measured
-    here, allocating and filling a 38 MB tensor took 24 ms instead of 8 ms. The ``diffmm``
-    command calls this once at start; importing the library changes nothing. Returns
-    whether the setting was applied (False off glibc).
+    a block of contrastive logits) pays a page fault per 4 KiB page on first touch, a
+    large part of the time to allocate and fill it
+    (``benchmarks/results/design_measurements.md``). The ``diffmm`` command calls this
+    once at start; importing the library changes nothing. Returns whether the setting
+    was applied (False off glibc).
     """
     import ctypes
     import ctypes.util

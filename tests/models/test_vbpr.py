@@ -1,4 +1,4 @@
-"""VBPR: the score formula, gradients, determinism, missing features, learning on synthetic data."""
+"""VBPR: the score formula, the feature buffer, learning on synthetic data."""
 
 from __future__ import annotations
 
@@ -7,13 +7,12 @@ import pytest
 import torch
 
 from diffmm.data.synthetic import make_synthetic
-from diffmm.errors import DataError
 from diffmm.evaluate import evaluate
 from diffmm.models.base import Batch
 from diffmm.models.mf import MF
 from diffmm.models.mf import Config as MFConfig
 from diffmm.models.vbpr import VBPR, Config
-from helpers import fit_bpr, planted_dataset, popularity_recall
+from helpers import fit_bpr, popularity_recall
 
 
 @pytest.fixture(scope="module")
@@ -24,13 +23,6 @@ def data():
 def _model(data, dim: int = 8, seed: int = 0) -> VBPR:
     torch.manual_seed(seed)
     return VBPR(Config(embedding_dim=dim), data)
-
-
-def _batch(n: int = 64, seed: int = 0, n_users: int = 600, n_items: int = 400) -> Batch:
-    g = torch.Generator().manual_seed(seed)
-    users = torch.randint(0, n_users, (n,), generator=g)
-    items = torch.randint(0, n_items, (2, n), generator=g)
-    return Batch(users, items[0], items[1])
 
 
 def test_config():
@@ -72,54 +64,16 @@ def test_scores_follow_the_paper_predictor(data):
     torch.testing.assert_close(model.scores(users), expected, rtol=1e-4, atol=1e-5)
 
 
-def test_loss_is_finite_and_reaches_every_parameter(data):
+def test_loss_terms(data):
     model = _model(data)
-    losses = model.loss(_batch())
-    assert set(losses) == {"bpr", "l2"}
-    assert all(v.ndim == 0 and torch.isfinite(v) for v in losses.values())
-    sum(losses.values()).backward()
-    for name, param in model.named_parameters():
-        assert param.grad is not None and param.grad.abs().sum() > 0, name
+    users, items = torch.tensor([0, 1]), torch.tensor([[2, 3], [4, 5]])
+    assert set(model.loss(Batch(users, items[0], items[1]))) == {"bpr", "l2"}
 
 
-def test_features_are_non_persistent_buffers(data):
+def test_features_are_a_non_persistent_buffer(data):
     model = _model(data)
-    assert "features" not in model.state_dict()
-    assert any(name == "features" for name, _ in model.named_buffers())
-    before = model.scores(torch.arange(4))
-    clone = _model(data, seed=1)
-    clone.load_state_dict(model.state_dict())
-    torch.testing.assert_close(clone.scores(torch.arange(4)), before)
-
-
-def test_same_seed_same_scores(data):
-    def train(seed: int) -> torch.Tensor:
-        model = _model(data, seed=seed)
-        fit_bpr(model, data, epochs=1, lr=0.01, seed=seed)
-        with torch.no_grad():
-            return model.scores(torch.arange(50))
-
-    first = train(0)
-    assert torch.equal(first, train(0))
-    assert not torch.equal(first, train(1))
-
-
-def test_no_features_is_a_data_error():
-    with pytest.raises(DataError, match="no item features") as info:
-        VBPR(Config(), planted_dataset())
-    assert "--model lightgcn" in str(info.value) and "--model mf" in str(info.value)
-
-
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
-def test_cuda_round_trip(data):
-    model = _model(data)
-    before = model.scores(torch.arange(4))
-    model.to("cuda")
-    assert model.features.device.type == "cuda"
-    b = _batch()
-    batch = Batch(b.users.cuda(), b.pos_items.cuda(), b.neg_items.cuda())
-    sum(model.loss(batch).values()).backward()
-    torch.testing.assert_close(model.scores(torch.arange(4, device="cuda")).cpu(), before)
+    assert "features" not in model.state_dict()  # derived from the data
+    assert "features" in dict(model.named_buffers())
 
 
 def _recall20(model, data) -> float:
@@ -128,6 +82,7 @@ def _recall20(model, data) -> float:
         return evaluate(lambda u: model.scores(u, emb), data, "test", ks=[20])["recall@20"]
 
 
+@pytest.mark.slow
 def test_loss_falls_and_beats_popularity_and_mf(data):
     model = _model(data, dim=32)
     losses = fit_bpr(model, data, epochs=8, lr=0.01)

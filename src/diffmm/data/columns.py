@@ -18,7 +18,7 @@ import numpy as np
 from diffmm.data.dataset import preview
 from diffmm.errors import DataError
 
-if TYPE_CHECKING:  # pandas is imported only to read tables: it adds ~95 MB to a process
+if TYPE_CHECKING:  # imported only to read tables: pandas adds much to a process's memory
     import pandas as pd
 
 TABLE_SUFFIXES = (".csv", ".tsv", ".parquet")

@@ -2,8 +2,10 @@
 
 A model is built from ``(config, dataset)``; the trainer only calls:
 
-* :meth:`Recommender.begin_epoch` once per epoch, before the recommender pass
-  (DiffMM trains its diffusion models and regenerates its graphs there);
+* :meth:`Recommender.epoch_phases` once per epoch, before the recommender pass: named
+  steps of per-epoch work (by default one, :meth:`Recommender.begin_epoch`; DiffMM
+  trains its diffusion models in one and regenerates its graphs in another), which the
+  trainer runs in order, timing each;
 * :meth:`Recommender.loss` for a batch of (user, positive item, negative item);
 * :meth:`Recommender.embeddings` / :meth:`Recommender.scores` for all-rank scoring.
 
@@ -19,6 +21,7 @@ that scores otherwise overrides ``scores``.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Annotated, Any, ClassVar
 
@@ -38,6 +41,10 @@ MAX_WIDTH = 65_536
 MAX_LAYERS = 64
 #: Largest accepted count (batch sizes, neighbours, epochs): a signed 32-bit integer.
 MAX_COUNT = 2**31 - 1
+
+#: A named step of per-epoch work (see :meth:`Recommender.epoch_phases`): the function
+#: does the work and returns numbers to log.
+EpochPhase = tuple[str, Callable[[], dict[str, float]]]
 
 #: A yes/no setting: unlike numbers, also given as words ("yes", "False", "off", ...).
 Flag = Annotated[bool, Field(strict=False)]
@@ -108,7 +115,7 @@ class Recommender(nn.Module, ABC):
 
     name: ClassVar[str]
     Config: ClassVar[type[ModelConfig]]
-    #: Settings to name when :meth:`begin_epoch` leaves a non-finite parameter.
+    #: Settings to name when :meth:`epoch_phases` leave a non-finite parameter.
     epoch_phase_settings: ClassVar[str] = "train.lr"
 
     @classmethod
@@ -125,6 +132,14 @@ class Recommender(nn.Module, ABC):
     def begin_epoch(self, epoch: int) -> dict[str, float]:
         """Work done once per epoch before the recommender pass; returns numbers to log."""
         return {}
+
+    def epoch_phases(self, epoch: int) -> list[EpochPhase]:
+        """The per-epoch work of ``epoch`` as named phases, run in this order.
+
+        The trainer times each phase (``seconds_<name>`` in the log) and gives freed
+        memory back between them. Default: :meth:`begin_epoch` as one phase.
+        """
+        return [("begin_epoch", lambda: self.begin_epoch(epoch))]
 
     @abstractmethod
     def loss(self, batch: Batch) -> dict[str, Tensor]:

@@ -59,6 +59,7 @@ from diffmm.models.base import (
     Recommender,
     require_features,
 )
+from diffmm.models.common import register_features
 from diffmm.models.lightgcn import propagate
 
 
@@ -138,8 +139,7 @@ class BM3(Recommender):
         )
         for layer in (self.predictor, *self.projections):
             nn.init.xavier_normal_(layer.weight)
-        for i, feats in enumerate(dataset.features.values()):
-            self.register_buffer(f"features_{i}", torch.from_numpy(feats), persistent=False)
+        register_features(self, dataset, trainable=False)
         self.register_buffer(
             "adj", normalized_adjacency(dataset.train, self_loops=False), persistent=False
         )

@@ -6,10 +6,12 @@ where the paper and the authors' code differ, the default follows the code.
 
 One epoch (§2.5), driven by the trainer:
 
-1. :meth:`DiffMM.begin_epoch` trains one denoiser per modality for one pass over all
-   users with the ELBO loss plus modality-aware signal injection (MSI, eq. 14), then
-   regenerates each modality's user-item graph ``A^m`` from the top-``rebuild_k`` items
-   of every user's denoised row, with edge dropout (§2.2.3);
+1. the phases of :meth:`DiffMM.epoch_phases`: ``diffusion`` trains the
+   :class:`~diffmm.graph_generator.ModalityGraphGenerator` (one denoiser per modality,
+   ELBO plus modality-aware signal injection, eq. 11-14) for one pass over all users;
+   ``graphs`` rebuilds each modality's user-item graph ``A^m`` from the generator's
+   top-``rebuild_k`` items of every user (§2.2.3), mixed with a random training
+   subgraph if asked (Fig. 4), with edge dropout;
 2. :meth:`DiffMM.loss` is BPR on the aggregated representations (eq. 20-23) plus
    cross-modal InfoNCE between graph views (eq. 15-19) plus L2 on the ID embeddings.
 
@@ -24,7 +26,6 @@ Aggregation (authors' form of eq. 20), for each modality ``m`` with aligned feat
 from __future__ import annotations
 
 import itertools
-import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -34,7 +35,6 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from diffmm.data.dataset import Dataset
-from diffmm.diffusion import Denoiser, GaussianDiffusion
 from diffmm.graph import (
     csr_tensor,
     edge_dropout,
@@ -43,25 +43,28 @@ from diffmm.graph import (
     topk_bipartite,
     transpose_csr,
 )
+from diffmm.graph_generator import ModalityGraphGenerator
 from diffmm.models.base import (
     Batch,
+    EpochPhase,
     ModelConfig,
     Recommender,
     at_most_n_items,
     require_features,
 )
+from diffmm.models.common import DerivedTensors, bpr_loss
 from diffmm.models.diffmm_config import DiffMMConfig
-from diffmm.models.mf import bpr_loss
 from diffmm.ops import matmul_cross_entropy, normalize_rows
-from diffmm.utils import release_free_memory
 
 
-class DiffMM(Recommender):
+class DiffMM(DerivedTensors, Recommender):
     """DiffMM recommender over any number of item modalities."""
 
     name = "diffmm"
     epoch_phase_settings = "noise_min/noise_max/noise_scale or diffusion_lr"
     Config = DiffMMConfig
+    #: The epoch's generated graphs (see :meth:`set_modality_graphs`), moved by ``.to()``.
+    derived_tensors = ("modality_graphs", "_graph_transposes", "scoring_graphs")
 
     @classmethod
     def check_data(cls, config: ModelConfig, dataset: Dataset) -> None:
@@ -91,29 +94,12 @@ class DiffMM(Recommender):
 
         train = dataset.train.tocsr()
         self.register_buffer("adj", normalized_adjacency(train, self_loops=True), persistent=False)
-        self.register_buffer(
-            "train_indptr", torch.from_numpy(train.indptr.astype(np.int64)), persistent=False
-        )
-        self.register_buffer(
-            "train_indices", torch.from_numpy(train.indices.astype(np.int64)), persistent=False
-        )
+        # the training edges (user, item), row by row: the random graph of Fig. 4
+        coo = train.tocoo()
+        for name, index in (("train_users", coo.row), ("train_items", coo.col)):
+            self.register_buffer(name, torch.from_numpy(index.astype(np.int64)), persistent=False)
 
-        self.diffusion = GaussianDiffusion(
-            config.diffusion_steps, config.noise_scale, config.noise_min, config.noise_max
-        )
-        self.denoisers = nn.ModuleList(
-            Denoiser(
-                self.n_items,
-                config.denoiser_hidden_dims,
-                config.step_embedding_dim,
-                config.denoiser_dropout,
-            )
-            for _ in self.modalities
-        )
-        self.denoiser_optimizers = [
-            torch.optim.Adam(d.parameters(), lr=config.diffusion_lr, fused=True)
-            for d in self.denoisers
-        ]
+        self.generator = ModalityGraphGenerator(config, train, self.modalities)
         # A^m, one sparse (U+I)x(U+I) matrix per modality, regenerated every epoch, and
         # their transposes for the backward pass (edge dropout breaks the symmetry); with
         # scoring_graph = "whole", also A^m before edge dropout, to score users with.
@@ -132,16 +118,9 @@ class DiffMM(Recommender):
 
     # ----------------------------------------------------------------- parameters
     def trainable_parameters(self) -> list[nn.Parameter]:
-        """The recommender's parameters; the denoisers have their own optimisers."""
-        denoiser_params = {id(p) for p in self.denoisers.parameters()}
-        return [p for p in self.parameters() if id(p) not in denoiser_params]
-
-    def _apply(self, fn, recurse=True):  # keep the generated graphs on the model's device
-        module = super()._apply(fn, recurse)
-        self.set_modality_graphs(
-            [fn(g) for g in self.modality_graphs], [fn(g) for g in self.scoring_graphs]
-        )
-        return module
+        """The recommender's parameters; the generator has its own optimisers."""
+        generator_params = {id(p) for p in self.generator.parameters()}
+        return [p for p in self.parameters() if id(p) not in generator_params]
 
     def get_extra_state(self) -> dict[str, Any]:
         """The generated graphs belong to the model's state: scores depend on them."""
@@ -168,13 +147,10 @@ class DiffMM(Recommender):
         )
 
     def extra_state_dict(self) -> dict[str, Any]:
-        return {"denoiser_optimizers": [o.state_dict() for o in self.denoiser_optimizers]}
+        return {"denoiser_optimizers": self.generator.optimizer_state_dict()}
 
     def load_extra_state_dict(self, state: dict[str, Any]) -> None:
-        for opt, opt_state in zip(
-            self.denoiser_optimizers, state["denoiser_optimizers"], strict=True
-        ):
-            opt.load_state_dict(opt_state)
+        self.generator.load_optimizer_state_dict(state["denoiser_optimizers"])
 
     # ----------------------------------------------------------------- features
     def _features(self, i: int) -> Tensor:
@@ -184,92 +160,43 @@ class DiffMM(Recommender):
         """``Trans(F_m)`` for every modality (eq. 15), before normalisation."""
         return [trans(self._features(i)) for i, trans in enumerate(self.trans)]
 
-    def _sparse_rows(self, users: Tensor) -> Tensor:
-        """Training rows of ``users`` as a sparse CSR ``(len(users), n_items)`` batch."""
-        start = self.train_indptr[users]
-        counts = self.train_indptr[users + 1] - start
-        crow = torch.zeros(len(users) + 1, dtype=torch.long, device=users.device)
-        crow[1:] = torch.cumsum(counts, 0)
-        # position of each entry: its row's start in train_indices + its rank in the row
-        offsets = crow[:-1].repeat_interleave(counts)
-        rank = torch.arange(int(crow[-1]), device=users.device) - offsets
-        cols = self.train_indices[start.repeat_interleave(counts) + rank]
-        values = torch.ones(len(cols), device=users.device)
-        return csr_tensor(crow, cols, values, (len(users), self.n_items))
+    # ----------------------------------------------------------------- graphs (§2.2-2.3)
+    def epoch_phases(self, epoch: int) -> list[EpochPhase]:
+        """``diffusion``: train the generator; ``graphs``: regenerate ``A^m`` with it."""
+        return [("diffusion", self.train_generator), ("graphs", self.regenerate_graphs)]
 
-    def _dense_rows(self, users: Tensor) -> Tensor:
-        """Dense training rows of ``users``: ``(len(users), n_items)`` float32."""
-        return self._sparse_rows(users).to_dense()
-
-    # ----------------------------------------------------------------- diffusion (§2.2)
     def begin_epoch(self, epoch: int) -> dict[str, float]:
-        """Train the denoisers for one pass, then regenerate the modality graphs."""
+        """Both phases of :meth:`epoch_phases`, in order, untimed."""
         stats: dict[str, float] = {}
-        t0 = self._clock()
-        if self.config.diffusion_graph_ratio > 0:
-            stats.update(self.train_diffusion())
-            release_free_memory()
-        t1 = self._clock()
+        for _, phase in self.epoch_phases(epoch):
+            stats.update(phase())
+        return stats
+
+    def train_generator(self) -> dict[str, float]:
+        """One pass of the generator's ELBO + MSI training over all users (eq. 11-14).
+
+        MSI's targets are the item ID embeddings and aligned features, detached; nothing
+        is trained when the graphs are random ones only (``diffusion_graph_ratio = 0``).
+        """
+        if self.config.diffusion_graph_ratio == 0:
+            return {}
+        with torch.no_grad():
+            item_emb = self.item_emb.detach()
+            modal_emb = [f.detach() for f in self.aligned_features()]
+        users = torch.arange(self.n_users, device=self.user_emb.device)
+        return self.generator.train_epoch(users, item_emb, modal_emb)
+
+    @torch.no_grad()
+    def regenerate_graphs(self) -> dict[str, float]:
+        """Install new graphs ``A^m`` (and, with ``scoring_graph = "whole"``, the same
+        graphs before edge dropout to score with)."""
         if self.config.scoring_graph == "whole":
             whole = self.generate_graphs(dropped=False)
             dropped = [edge_dropout(g, self.config.keep_rate) for g in whole]
             self.set_modality_graphs(dropped, scoring_graphs=whole)
         else:
             self.set_modality_graphs(self.generate_graphs())
-        t2 = self._clock()
-        stats.update(seconds_diffusion=t1 - t0, seconds_graphs=t2 - t1)
-        return stats
-
-    def _clock(self) -> float:
-        """Wall time, after the device's queued work is done."""
-        if self.user_emb.device.type == "cuda":
-            torch.cuda.synchronize(self.user_emb.device)
-        return time.perf_counter()
-
-    def train_diffusion(self) -> dict[str, float]:
-        """One pass of ELBO + MSI training over all users (eq. 11-14), each modality."""
-        cfg = self.config
-        with torch.no_grad():  # MSI targets: detached item embeddings and features
-            item_emb = self.item_emb.detach()
-            modal_emb = [f.detach() for f in self.aligned_features()]
-        self.denoisers.train()
-        totals = torch.zeros(2, len(self.modalities))
-        order = torch.randperm(self.n_users).to(self.user_emb.device)
-        for users in order.split(cfg.diffusion_batch_size):
-            for m, (denoiser, opt) in enumerate(
-                zip(self.denoisers, self.denoiser_optimizers, strict=True)
-            ):
-                # loss = mean over the batch of ELBO + λ0 MSI, accumulated chunk by chunk
-                sums = torch.zeros(2)
-                for chunk in users.split(cfg.diffusion_chunk_size):
-                    x0 = self._dense_rows(chunk)
-                    elbo, x0_hat = self.diffusion.training_loss(denoiser, x0, cfg.elbo_weighting)
-                    msi = (x0_hat @ modal_emb[m] - x0 @ item_emb).pow(2).mean(dim=1)
-                    ((elbo.sum() + cfg.msi_weight * msi.sum()) / len(users)).backward()
-                    sums += torch.stack([elbo.sum().detach(), msi.sum().detach()]).cpu()
-                opt.step()
-                opt.zero_grad(set_to_none=True)  # also frees the gradient memory
-                totals[:, m] += sums / len(users)
-        n_batches = -(-self.n_users // cfg.diffusion_batch_size)
-        stats = {}
-        for m, name in enumerate(self.modalities):
-            stats[f"elbo_{name}"] = float(totals[0, m]) / n_batches
-            stats[f"msi_{name}"] = float(totals[1, m]) / n_batches
-        return stats
-
-    @torch.no_grad()
-    def denoised_topk(self, modality: int) -> Tensor:
-        """Top-``rebuild_k`` items of every user's denoised row, ``(n_users, k)`` (§2.2.3)."""
-        cfg = self.config
-        denoiser = self.denoisers[modality].eval()
-        sample = self.diffusion.sampler(denoiser, cfg.sampling_steps)
-        users = torch.arange(self.n_users, device=self.user_emb.device)
-        return torch.cat(
-            [
-                torch.topk(sample(self._sparse_rows(batch)), cfg.rebuild_k, dim=1).indices
-                for batch in users.split(cfg.diffusion_batch_size)
-            ]
-        )
+        return {}
 
     @torch.no_grad()
     def generate_graphs(self, dropped: bool = True) -> list[Tensor]:
@@ -277,15 +204,19 @@ class DiffMM(Recommender):
         ``dropped`` is False."""
         cfg = self.config
         ratio = cfg.diffusion_graph_ratio
-        device = self.user_emb.device
         random_graph = self._random_graph() if ratio < 1 else None
+        users = torch.arange(self.n_users, device=self.user_emb.device)
         graphs = []
         for m in range(len(self.modalities)):
             graph = None
             if ratio > 0:
-                items = self.denoised_topk(m)
-                users = torch.arange(self.n_users, device=device).repeat_interleave(cfg.rebuild_k)
-                graph = topk_bipartite(users, items.reshape(-1), self.n_users, self.n_items)
+                items = self.generator.generate(users, m)
+                graph = topk_bipartite(
+                    users.repeat_interleave(cfg.rebuild_k),
+                    items.reshape(-1),
+                    self.n_users,
+                    self.n_items,
+                )
             if graph is None:
                 graph = random_graph
             elif random_graph is not None:  # paper Fig. 4: a mix of both graphs
@@ -296,10 +227,9 @@ class DiffMM(Recommender):
 
     def _random_graph(self) -> Tensor:
         """The training graph with each user-item edge kept with ``random_graph_keep_rate``."""
-        counts = self.train_indptr[1:] - self.train_indptr[:-1]
-        users = torch.repeat_interleave(torch.arange(self.n_users, device=counts.device), counts)
+        users, items = self.train_users, self.train_items
         keep = torch.rand(len(users), device=users.device) < self.config.random_graph_keep_rate
-        return topk_bipartite(users[keep], self.train_indices[keep], self.n_users, self.n_items)
+        return topk_bipartite(users[keep], items[keep], self.n_users, self.n_items)
 
     # ----------------------------------------------------------------- aggregation (§2.4)
     def _propagate_layers(self, h0: Tensor) -> Tensor:

@@ -1,14 +1,26 @@
-"""Hyper-parameters of DiffMM (:class:`DiffMMConfig`), and the ranges they must lie in.
+"""Hyper-parameters of DiffMM (:class:`DiffMMConfig`), the ranges they must lie in, presets.
 
 Kept apart from :mod:`diffmm.models.diffmm` (which re-exports it) so that the settings,
-their bounds and the relations between them read in one place.
+their bounds, the relations between them, the authors' names of them and the authors'
+per-dataset settings read in one place.
+
+The authors' flag names are aliases of the fields (``validation_alias``), accepted by
+``--set``, TOML files and sweep grids; the resolved config is written with the fields'
+names. ``trans`` and ``cl_method`` also take the authors' numeric codes (1/0, 0/1).
 """
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
-from pydantic import Field, model_validator
+from pydantic import (
+    AliasChoices,
+    ConfigDict,
+    Field,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from diffmm.models.base import MAX_COUNT, MAX_LAYERS, MAX_WIDTH, ModelConfig
 
@@ -16,24 +28,99 @@ from diffmm.models.base import MAX_COUNT, MAX_LAYERS, MAX_WIDTH, ModelConfig
 MAX_DIFFUSION_STEPS = 1000
 
 
+def authors(name: str, flag: str) -> AliasChoices:
+    """Accept setting ``name`` also under the authors' flag name ``flag``."""
+    return AliasChoices(name, flag)
+
+
+#: The authors' numeric codes of the settings that are names here.
+AUTHORS_CODES: dict[str, dict[int, str]] = {
+    "trans": {1: "linear", 0: "parametric"},
+    "cl_anchor": {0: "modality", 1: "main"},
+}
+
+#: Per-dataset settings of the authors' README (spec §5), by preset name.
+PRESETS: dict[str, dict[str, dict[str, Any]]] = {
+    "tiktok": {
+        "train": {"epochs": 50, "batch_size": 1024},
+        "diffmm": {
+            "l2_weight": 1e-4,
+            "cl_weight": 1e-2,
+            "trans": "linear",
+            "msi_weight": 0.1,
+            "cl_anchor": "main",
+            "keep_rate": 0.5,
+            "temperature": 0.5,
+            "residual_weight": 0.5,
+        },
+    },
+    "baby": {
+        "train": {"epochs": 50, "batch_size": 1024},
+        "diffmm": {
+            "l2_weight": 1e-5,
+            "cl_weight": 1e-1,
+            "keep_rate": 1.0,
+            "msi_weight": 0.01,
+            "trans": "parametric",
+        },
+    },
+    "sports": {
+        "train": {"epochs": 50, "batch_size": 1024},
+        "diffmm": {
+            "l2_weight": 1e-6,
+            "cl_weight": 1e-2,
+            "temperature": 0.1,
+            "residual_weight": 0.1,
+            "msi_weight": 0.5,
+            "keep_rate": 1.0,
+            "trans": "linear",
+        },
+    },
+}
+
+
 class DiffMMConfig(ModelConfig):
     """Hyper-parameters of DiffMM; the authors' flag name is given in brackets."""
 
+    model_config = ConfigDict(populate_by_name=True)
+    #: Named settings (``--preset``), in the TOML layout.
+    presets: ClassVar[dict[str, dict[str, dict[str, Any]]]] = PRESETS
+
     embedding_dim: int = Field(
-        64, ge=1, le=MAX_WIDTH, description="Size of ID embeddings [latdim]."
+        64,
+        ge=1,
+        le=MAX_WIDTH,
+        validation_alias=authors("embedding_dim", "latdim"),
+        description="Size of ID embeddings [latdim].",
     )
     n_layers: int = Field(
-        1, ge=0, le=MAX_LAYERS, description="Propagation layers L of eq. 22 [gnn_layer]."
+        1,
+        ge=0,
+        le=MAX_LAYERS,
+        validation_alias=authors("n_layers", "gnn_layer"),
+        description="Propagation layers L of eq. 22 [gnn_layer].",
     )
-    l2_weight: float = Field(1e-5, ge=0, description="λ2, L2 on E_U and E_I [reg].")
-    cl_weight: float = Field(1e-2, ge=0, description="λ1, contrastive loss weight [ssl_reg].")
+    l2_weight: float = Field(
+        1e-5,
+        ge=0,
+        validation_alias=authors("l2_weight", "reg"),
+        description="λ2, L2 on E_U and E_I [reg].",
+    )
+    cl_weight: float = Field(
+        1e-2,
+        ge=0,
+        validation_alias=authors("cl_weight", "ssl_reg"),
+        description="λ1, contrastive loss weight [ssl_reg].",
+    )
     temperature: float = Field(
         0.5,
         ge=1e-6,
+        validation_alias=authors("temperature", "temp"),
         description="τ of InfoNCE, eq. 18-19, at least 1e-6 (smaller overflows the logits) [temp].",
     )
     cl_anchor: Literal["modality", "main"] = Field(
         "modality",
+        validation_alias=authors("cl_anchor", "cl_method"),
         description="InfoNCE pairs: every pair of modality views (eq. 18) or the main view "
         "against each modality view (eq. 19) [cl_method 0/1].",
     )
@@ -41,13 +128,30 @@ class DiffMMConfig(ModelConfig):
         "parametric",
         description="Trans of eq. 15: a Linear layer, or F_m W_m + LeakyReLU [trans 1/0].",
     )
-    residual_weight: float = Field(0.5, ge=0, description="ω of eq. 23 [ris_lambda].")
-    generated_graph_weight: float = Field(
-        0.2, ge=0, description="ρ, weight of A^m [E_U; E_I] in Z_m [ris_adj_lambda]."
+    residual_weight: float = Field(
+        0.5,
+        ge=0,
+        validation_alias=authors("residual_weight", "ris_lambda"),
+        description="ω of eq. 23 [ris_lambda].",
     )
-    msi_weight: float = Field(0.1, ge=0, description="λ0, MSI loss weight, eq. 14 [e_loss].")
+    generated_graph_weight: float = Field(
+        0.2,
+        ge=0,
+        validation_alias=authors("generated_graph_weight", "ris_adj_lambda"),
+        description="ρ, weight of A^m [E_U; E_I] in Z_m [ris_adj_lambda].",
+    )
+    msi_weight: float = Field(
+        0.1,
+        ge=0,
+        validation_alias=authors("msi_weight", "e_loss"),
+        description="λ0, MSI loss weight, eq. 14 [e_loss].",
+    )
     keep_rate: float = Field(
-        0.5, gt=0, le=1, description="Edge keep rate of the generated graphs [keepRate]."
+        0.5,
+        gt=0,
+        le=1,
+        validation_alias=authors("keep_rate", "keepRate"),
+        description="Edge keep rate of the generated graphs [keepRate].",
     )
     rebuild_k: int = Field(
         1,
@@ -56,7 +160,11 @@ class DiffMMConfig(ModelConfig):
         description="Top-k items per user in A^m, at most n_items [rebuild_k].",
     )
     diffusion_steps: int = Field(
-        5, ge=1, le=MAX_DIFFUSION_STEPS, description="T, diffusion steps [steps]."
+        5,
+        ge=1,
+        le=MAX_DIFFUSION_STEPS,
+        validation_alias=authors("diffusion_steps", "steps"),
+        description="T, diffusion steps [steps].",
     )
     noise_scale: float = Field(
         0.1, gt=0, le=1, description="s of the schedule, in (0, 1] [noise_scale]."
@@ -78,10 +186,15 @@ class DiffMMConfig(ModelConfig):
         default_factory=lambda: [1000],
         min_length=1,
         max_length=MAX_LAYERS,
+        validation_alias=authors("denoiser_hidden_dims", "dims"),
         description="Hidden widths of the denoiser [dims].",
     )
     step_embedding_dim: int = Field(
-        10, ge=1, le=MAX_WIDTH, description="Step embedding size [d_emb_size]."
+        10,
+        ge=1,
+        le=MAX_WIDTH,
+        validation_alias=authors("step_embedding_dim", "d_emb_size"),
+        description="Step embedding size [d_emb_size].",
     )
     denoiser_dropout: float = Field(0.5, ge=0, lt=1, description="Dropout on x_t in training.")
     diffusion_lr: float = Field(1e-3, gt=0, description="Adam lr of each denoiser [lr].")
@@ -115,6 +228,14 @@ class DiffMMConfig(ModelConfig):
         "dropout (dropout's usual rule at inference: kept entries are scaled by 1/keep_rate "
         "in training, so the whole graph is their expectation). Not in the paper.",
     )
+
+    @field_validator("trans", "cl_anchor", mode="before")
+    @classmethod
+    def _authors_codes(cls, value: Any, info: ValidationInfo) -> Any:
+        codes = AUTHORS_CODES[info.field_name]
+        if type(value) is int and value in codes:  # not a bool: True is no code
+            return codes[value]
+        return value
 
     @model_validator(mode="after")
     def _schedule_can_work(self) -> DiffMMConfig:

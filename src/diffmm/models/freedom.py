@@ -48,8 +48,6 @@ reach the loss through the modality BPR terms, never the frozen graph.
 
 from __future__ import annotations
 
-from typing import Any
-
 import numpy as np
 import torch
 from pydantic import Field, model_validator
@@ -74,9 +72,8 @@ from diffmm.models.base import (
     at_most_n_items,
     require_features,
 )
-from diffmm.models.lattice import BLOCK_ROWS, register_features
+from diffmm.models.common import BLOCK_ROWS, bpr_loss, l2_on_batch, register_features
 from diffmm.models.lightgcn import propagate
-from diffmm.models.mf import bpr_loss, l2_on_batch
 
 
 class FREEDOMConfig(ModelConfig):
@@ -202,6 +199,7 @@ class FREEDOM(Recommender):
     edge_users: Tensor
     edge_items: Tensor
     edge_weights: Tensor
+    pruned_adj: Tensor | None
 
     @classmethod
     def check_data(cls, config: ModelConfig, dataset: Dataset) -> None:
@@ -242,7 +240,7 @@ class FREEDOM(Recommender):
         graph = frozen_item_graph(feats, config.knn_k, beta)
         self.register_buffer("item_graph", graph, persistent=False)
         self.register_buffer("item_graph_t", transpose_csr(graph), persistent=False)
-        self.pruned_adj: Tensor | None = None  # the epoch's denoised graph
+        self.register_buffer("pruned_adj", None, persistent=False)  # the epoch's denoised graph
 
     def _edge_weights(self, users: Tensor, items: Tensor) -> Tensor:
         """``1 / sqrt(d_u d_i)`` of every training edge (full-graph degrees)."""
@@ -253,12 +251,6 @@ class FREEDOM(Recommender):
     def features(self, i: int) -> Tensor:
         """Raw features ``F_i`` of modality ``i`` (``(n_items, d_i)``)."""
         return getattr(self, f"features_{i}")
-
-    def _apply(self, fn: Any, recurse: bool = True) -> FREEDOM:  # type: ignore[override]
-        module = super()._apply(fn, recurse)
-        if self.pruned_adj is not None:
-            self.pruned_adj = fn(self.pruned_adj)
-        return module
 
     # ----------------------------------------------------------------- pruning
     def prune(self) -> Tensor:

@@ -40,8 +40,9 @@ gradients in the *first batch of each epoch* only and reuses that graph, detache
 the epoch's other batches; evaluation rebuilds it from the current parameters. This
 module does the same: :meth:`LATTICE.begin_epoch` drops the cached graph, the next
 :meth:`LATTICE.loss` rebuilds it (gradients flow to ``W_m``, ``b_m``, ``α`` and the raw
-features in that batch) and caches a detached CSR copy, and :meth:`LATTICE.embeddings`
-always rebuilds it. ``rebuild_every_batch=True`` gives the paper's per-batch form instead.
+features in that batch) and keeps a detached CSR copy (the buffers ``epoch_graph`` and
+its transpose, so ``.to()`` moves it), and :meth:`LATTICE.embeddings` always rebuilds
+it. ``rebuild_every_batch=True`` gives the paper's per-batch form instead.
 
 Sparsity. Similarities are computed ``1024`` items at a time and only the top ``k`` per
 row are kept, so no dense ``n_items x n_items`` matrix is ever built; ``A`` is a sparse
@@ -68,8 +69,6 @@ Features are trainable by default (``finetune_features``), as in the authors' co
 
 from __future__ import annotations
 
-from typing import Any
-
 import torch
 import torch.nn.functional as F
 from pydantic import Field
@@ -88,11 +87,8 @@ from diffmm.models.base import (
     at_most_n_items,
     require_features,
 )
+from diffmm.models.common import BLOCK_ROWS, bpr_loss, l2_on_batch, register_features
 from diffmm.models.lightgcn import propagate
-from diffmm.models.mf import bpr_loss, l2_on_batch
-
-#: Items whose similarities to all items are computed at once when building kNN graphs.
-BLOCK_ROWS = 1024
 
 
 class LATTICEConfig(ModelConfig):
@@ -147,16 +143,6 @@ class LATTICEConfig(ModelConfig):
 
 
 # --------------------------------------------------------------------------- helpers
-def register_features(module: nn.Module, dataset: Dataset, trainable: bool) -> None:
-    """Store each feature matrix as ``features_{i}``: a parameter, or a derived buffer."""
-    for i, feats in enumerate(dataset.features.values()):
-        tensor = torch.from_numpy(feats.copy())
-        if trainable:
-            module.register_parameter(f"features_{i}", nn.Parameter(tensor))
-        else:  # derived from the data: moved by .to() but not saved in the state dict
-            module.register_buffer(f"features_{i}", tensor, persistent=False)
-
-
 def knn_similarities(
     features: Tensor, k: int, block_rows: int = BLOCK_ROWS
 ) -> tuple[Tensor, Tensor]:
@@ -245,6 +231,8 @@ class LATTICE(Recommender):
     Config = LATTICEConfig
 
     adj: Tensor
+    epoch_graph: Tensor | None
+    epoch_graph_t: Tensor | None
 
     @classmethod
     def check_data(cls, config: ModelConfig, dataset: Dataset) -> None:
@@ -280,7 +268,8 @@ class LATTICE(Recommender):
             graph = knn_item_graph(self.features(i).detach(), config.knn_k, BLOCK_ROWS)
             self.register_buffer(f"original_graph_{i}", graph, persistent=False)
         # the epoch's detached A and its transpose (CSR), rebuilt after begin_epoch
-        self._cached_graph: tuple[Tensor, Tensor] | None = None
+        self.register_buffer("epoch_graph", None, persistent=False)
+        self.register_buffer("epoch_graph_t", None, persistent=False)
 
     # ----------------------------------------------------------------- state
     def features(self, i: int) -> Tensor:
@@ -295,13 +284,9 @@ class LATTICE(Recommender):
         """``α = softmax(modality_logits)``."""
         return torch.softmax(self.modality_logits, dim=0)
 
-    def _apply(self, fn: Any, recurse: bool = True) -> LATTICE:  # type: ignore[override]
-        self._cached_graph = None  # rebuilt from the moved parameters at the next batch
-        return super()._apply(fn, recurse)
-
     def begin_epoch(self, epoch: int) -> dict[str, float]:
         """Drop the cached item graph: the epoch's first batch rebuilds it with gradients."""
-        self._cached_graph = None
+        self.epoch_graph = self.epoch_graph_t = None
         weights = self.modality_weights().detach().cpu()
         return {
             f"modality_weight_{m}": float(w) for m, w in zip(self.modalities, weights, strict=True)
@@ -338,18 +323,17 @@ class LATTICE(Recommender):
     def _cache(self, indices: Tensor, values: Tensor) -> None:
         n = self.n_items
         coo = torch.sparse_coo_tensor(indices, values.detach(), (n, n), check_invariants=False)
-        csr = coo.coalesce().to_sparse_csr()
-        self._cached_graph = (csr, transpose_csr(csr))
+        self.epoch_graph = coo.coalesce().to_sparse_csr()
+        self.epoch_graph_t = transpose_csr(self.epoch_graph)
 
     def _item_convolution(self, entries: tuple[Tensor, Tensor] | None) -> Tensor:
-        """``H = A^L E_I`` with fresh differentiable ``entries`` or the cached CSR graph."""
+        """``H = A^L E_I`` with fresh differentiable ``entries`` or the epoch's CSR graph."""
         h = self.item_embedding.weight
         for _ in range(self.config.item_graph_layers):
             if entries is not None:
                 h = values_mm(*entries, h)
             else:
-                csr, csr_t = self._cached_graph  # type: ignore[misc]
-                h = spmm(csr, h, transpose=csr_t)
+                h = spmm(self.epoch_graph, h, transpose=self.epoch_graph_t)
         return h
 
     # ----------------------------------------------------------------- forward
@@ -368,7 +352,7 @@ class LATTICE(Recommender):
         entries = None
         if self.config.rebuild_every_batch:
             entries = self.item_graph_entries()
-        elif self._cached_graph is None:  # first batch of the epoch (authors' code)
+        elif self.epoch_graph is None:  # first batch of the epoch (authors' code)
             entries = self.item_graph_entries()
             self._cache(*entries)
         users, items = self._represent(entries)
@@ -388,5 +372,4 @@ __all__ = [
     "knn_similarities",
     "normalized_knn_values",
     "values_mm",
-    "register_features",
 ]

@@ -28,7 +28,7 @@ from torch import Tensor, nn
 from diffmm.data.dataset import Dataset
 from diffmm.graph import normalized_adjacency, spmm
 from diffmm.models.base import MAX_LAYERS, MAX_WIDTH, Batch, ModelConfig, Recommender
-from diffmm.models.mf import bpr_loss, l2_on_batch
+from diffmm.models.common import bpr_loss, l2_on_batch
 
 
 class Config(ModelConfig):

@@ -31,9 +31,9 @@ from torch import Tensor, nn
 from diffmm.data.dataset import Dataset
 from diffmm.graph import normalized_adjacency
 from diffmm.models.base import Batch, ModelConfig, Recommender, require_features
+from diffmm.models.common import bpr_loss, l2_on_batch, register_features
 from diffmm.models.lightgcn import Config as LightGCNConfig
 from diffmm.models.lightgcn import propagate
-from diffmm.models.mf import bpr_loss, l2_on_batch
 
 
 class Config(LightGCNConfig):
@@ -71,9 +71,7 @@ class LightGCNM(Recommender):
         )
         for linear in self.feature_maps:
             nn.init.xavier_uniform_(linear.weight)
-        # derived from the data, so moved by .to() but not saved in the state dict
-        for m, feats in enumerate(dataset.features.values()):
-            self.register_buffer(f"features_{m}", torch.from_numpy(feats), persistent=False)
+        register_features(self, dataset, trainable=False)
         self.register_buffer(
             "adj", normalized_adjacency(dataset.train, self_loops=False), persistent=False
         )

@@ -16,12 +16,12 @@ the L2 term on the batch's embeddings as in the LightGCN reference code.
 
 from __future__ import annotations
 
-import torch.nn.functional as F
 from pydantic import Field
 from torch import Tensor, nn
 
 from diffmm.data.dataset import Dataset
 from diffmm.models.base import MAX_WIDTH, Batch, ModelConfig, Recommender
+from diffmm.models.common import bpr_loss, l2_on_batch
 
 
 class Config(ModelConfig):
@@ -36,17 +36,6 @@ class Config(ModelConfig):
         description="Weight of the L2 penalty on the batch's embeddings, divided by the "
         "batch size (the authors' `reg`).",
     )
-
-
-def bpr_loss(pos_scores: Tensor, neg_scores: Tensor) -> Tensor:
-    """Mean of ``-ln sigmoid(pos - neg)`` (computed stably as ``softplus(neg - pos)``)."""
-    return F.softplus(neg_scores - pos_scores).mean()
-
-
-def l2_on_batch(*embeddings: Tensor) -> Tensor:
-    """``sum of squared norms / (2 * batch size)`` of the given ``(batch, d)`` tensors."""
-    n = embeddings[0].shape[0]
-    return sum(e.pow(2).sum() for e in embeddings) / (2.0 * n)
 
 
 class MF(Recommender):
@@ -81,4 +70,4 @@ class MF(Recommender):
         }
 
 
-__all__ = ["MF", "Config", "bpr_loss", "l2_on_batch"]
+__all__ = ["MF", "Config"]

@@ -45,7 +45,7 @@ from torch import Tensor, nn
 
 from diffmm.data.dataset import Dataset
 from diffmm.models.base import MAX_WIDTH, Batch, ModelConfig, Recommender, require_features
-from diffmm.models.mf import bpr_loss, l2_on_batch
+from diffmm.models.common import bpr_loss, l2_on_batch
 
 
 class Config(ModelConfig):

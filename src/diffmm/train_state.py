@@ -1,0 +1,101 @@
+"""The training state a run directory keeps, and resuming from it.
+
+After every epoch the trainer writes ``last.pt`` (:func:`save_last`: everything an
+interrupted run needs to go on exactly as an uninterrupted one) and, when validation
+improved, ``best.pt`` (:func:`save_best`: the selected model); :func:`load_last` reads
+them back. The files themselves are described in :mod:`diffmm.checkpoint`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+from typing import Any
+
+import numpy as np
+import torch
+
+from diffmm import checkpoint as ckpt
+from diffmm.checkpoint import RunDir
+from diffmm.errors import DataError
+from diffmm.models.base import Recommender
+from diffmm.selection import Selection
+from diffmm.state import capture_rng, restore_rng
+
+
+def save_last(
+    run: RunDir,
+    epoch: int,
+    model: Recommender,
+    optimizer: torch.optim.Optimizer,
+    rng: np.random.Generator,
+    selection: Selection,
+) -> None:
+    """The full state after ``epoch``: what ``--resume`` needs to go on identically."""
+    run.save(
+        ckpt.LAST,
+        {
+            "epoch": epoch,
+            "model": model.state_dict(),
+            "model_extra": model.extra_state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "rng": capture_rng(rng),
+            "selection": asdict(selection),
+        },
+    )
+
+
+def save_best(
+    run: RunDir, epoch: int, metric: str, selection: Selection, model_state: dict[str, Any]
+) -> None:
+    """The selected epoch's model, with its validation ``metric`` (None if none was)."""
+    selected = bool(selection.best_epoch)
+    run.save(
+        ckpt.BEST,
+        {
+            "epoch": epoch,
+            "metric": metric if selected else None,
+            "value": selection.best_value if selected else None,
+            "model": model_state,
+        },
+    )
+
+
+def load_last(
+    run: RunDir,
+    model: Recommender,
+    optimizer: torch.optim.Optimizer,
+    rng: np.random.Generator,
+    metric: str,
+) -> tuple[int, Selection]:
+    """Restore ``last.pt`` into ``model``, ``optimizer`` and ``rng``; returns the last
+    finished epoch and the selection state.
+
+    Drops log lines of epochs after the checkpoint (the run died before saving them),
+    and rewrites ``best.pt`` if the run died between the two saves of an improving
+    epoch (the best state is then the checkpoint's own model).
+    """
+    state = run.load(ckpt.LAST, map_location=model.device, required=ckpt.TRAINING_STATE)
+    try:
+        epoch = int(state["epoch"])
+        model.load_state_dict(state["model"])
+        model.load_extra_state_dict(state["model_extra"])
+        optimizer.load_state_dict(state["optimizer"])
+        restore_rng(state["rng"], rng)
+        sel = Selection(**state["selection"])
+    except (RuntimeError, KeyError, TypeError, ValueError) as exc:
+        raise DataError(
+            f"{run / ckpt.LAST}: does not fit the model and settings of this run "
+            f"({type(exc).__name__}: {exc}); restore it from a copy"
+        ) from None
+    run.truncate_log(epoch)
+    if sel.best_epoch:
+        has_best = (run / ckpt.BEST).exists()
+        best_epoch = run.load(ckpt.BEST)["epoch"] if has_best else None
+        if best_epoch != sel.best_epoch:
+            if sel.best_epoch != epoch:
+                raise DataError(
+                    f"{run / ckpt.BEST}: holds epoch {best_epoch} but the run selected "
+                    f"epoch {sel.best_epoch}; the run directory was modified by hand"
+                )
+            save_best(run, epoch, metric, sel, state["model"])
+    return epoch, sel
