@@ -36,6 +36,7 @@ from common import (
     REPO,
     git_revision,
     machine_info,
+    repo_path,
     run_training,
     shared_data_root,
     train_command,
@@ -113,7 +114,7 @@ def spawn_one(dataset: str, model: str, seed: int, runs: Path, data_root: Path) 
     )
     return {
         **result["summary"],
-        "run_dir": str(run_dir),
+        "run_dir": repo_path(run_dir),
         "seed": seed,
         "overrides": overrides,
         "command": result["command"],
@@ -268,7 +269,7 @@ def main(argv: list[str] | None = None) -> int:
         "machine": machine_info(),
         "date": started.strftime("%Y-%m-%d %H:%M UTC"),
         "seeds": seeds,
-        "data": str(data_root),
+        "data": repo_path(data_root),
         "protocol": "select on valid recall@20 with early stopping; test scored once",
     }
     results: dict[tuple[str, str], list[dict]] = {}

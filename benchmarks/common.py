@@ -111,9 +111,24 @@ def gemm_gflops(n: int = 2048, repeats: int = 7) -> float:
     return 2 * n**3 / statistics.median(times) / 1e9
 
 
+def repo_path(path: str | Path) -> str:
+    """``path`` relative to the repository root (``benchmarks/runs/x``, ``../shared/data``).
+
+    Results record paths this way, as typed in the repository (the commands run there),
+    never as absolute paths of the machine they ran on.
+    """
+    return os.path.relpath(Path(path).resolve(), REPO)
+
+
+def repo_relative_text(text: str) -> str:
+    """``text`` with this checkout's and the shared data's absolute paths made relative."""
+    data = shared_data_root()
+    return text.replace(str(data), repo_path(data)).replace(f"{REPO}/", "")
+
+
 def train_command(model: str, data: Path, run_dir: Path, preset: str | None, sets: list[str]):
-    """The ``diffmm train`` command line of one run (what a user would type)."""
-    data, run_dir = (os.path.relpath(p, REPO) for p in (data, run_dir))  # as typed in the repo
+    """The ``diffmm train`` command line of one run (what a user would type in the repo)."""
+    data, run_dir = repo_path(data), repo_path(run_dir)
     cmd = ["diffmm", "train", "--model", model, "--data", data, "--out", run_dir]
     if preset:
         cmd += ["--preset", preset]

@@ -333,13 +333,15 @@ def write_reports(records: dict[str, dict[str, Any]]) -> None:
             for r in records.values()
             if r["variant"] in VARIANTS and r["variant"] != "DiffMM"
         },
+        # One entry per (setting, seed), keyed like the runs: "n_layers=2/seed421".
         "tuning": {
-            r["variant"].removeprefix(TUNE): {
+            f"{r['variant'].removeprefix(TUNE)}/seed{r['seed']}": {
+                "setting": r["variant"].removeprefix(TUNE),
                 "seed": r["seed"],
                 "valid_recall@20": r["valid_recall@20"],
                 "test": r["test"],
             }
-            for r in records.values()
+            for r in sorted(records.values(), key=lambda r: (r["variant"], r["seed"]))
             if r["variant"].startswith(TUNE)
         },
     }

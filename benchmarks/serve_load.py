@@ -41,10 +41,12 @@ from pathlib import Path
 from typing import Any
 
 from common import (
+    REPO,
     RESULTS,
     RUNS,
     git_revision,
     machine_info,
+    repo_path,
     require_dataset,
     run_training,
     train_command,
@@ -264,11 +266,11 @@ def main() -> None:
     user_ids = RunDir(run_dir).read_ids(sizes["n_users"], sizes["n_items"])[0].tolist()
     port = _free_port()
     max_results = max(100_000, args.heavy_users * args.heavy_k)
-    serve_cmd = ["diffmm", "serve", str(run_dir), "--port", str(port)]
+    serve_cmd = ["diffmm", "serve", repo_path(run_dir), "--port", str(port)]
     serve_cmd += ["--max-results", str(max_results)]
     exe = Path(sys.executable).with_name("diffmm")
-    server = subprocess.Popen(
-        [str(exe), *serve_cmd[1:]], stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT
+    server = subprocess.Popen(  # in the repository, where the recorded command runs
+        [str(exe), *serve_cmd[1:]], cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT
     )
     try:
         t0 = time.perf_counter()

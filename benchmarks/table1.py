@@ -24,7 +24,17 @@ import subprocess
 import sys
 from pathlib import Path
 
-from common import RESULTS, RUNS, git_revision, machine_info, require_dataset, write_atomic
+from common import (
+    REPO,
+    RESULTS,
+    RUNS,
+    git_revision,
+    machine_info,
+    repo_path,
+    repo_relative_text,
+    require_dataset,
+    write_atomic,
+)
 
 MODELS = "mf,lightgcn,vbpr,lightgcn_m,lattice,bm3,freedom,diffmm"
 # Per-dataset settings on top of every model's paper defaults.
@@ -77,12 +87,14 @@ def main() -> None:
 
     settings = SETTINGS[args.dataset]
     out = RUNS / f"table1-{args.dataset}"
-    cmd = ["benchmark", "--models", args.models, "--seeds", args.seeds, "--out", str(out)]
+    # Paths as typed in the repository, where the command runs: the results record it.
+    cmd = ["benchmark", "--models", args.models, "--seeds", args.seeds, "--out", repo_path(out)]
     if args.dataset == "ml100k":
         data = require_dataset("ml-100k") / "ml-100k.inter"
-        cmd += ["--data", str(data), "--features", str(ml100k_features(RUNS / "ml100k-features"))]
+        features = ml100k_features(RUNS / "ml100k-features")
+        cmd += ["--data", repo_path(data), "--features", repo_path(features)]
     else:
-        cmd += ["--data", str(require_dataset(args.dataset))]
+        cmd += ["--data", repo_path(require_dataset(args.dataset))]
     if settings.get("groups"):
         cmd += ["--groups", settings["groups"]]
     if settings["preset"]:
@@ -95,7 +107,7 @@ def main() -> None:
         cmd += ["--set", assignment]
     revision = git_revision()
     print("diffmm " + shlex.join(cmd), flush=True)
-    subprocess.run(diffmm(*cmd), check=True)
+    subprocess.run(diffmm(*cmd), check=True, cwd=REPO)
 
     stem = f"table1_{args.dataset}"
     table = (out / "results.md").read_text()
@@ -111,7 +123,8 @@ def main() -> None:
         f"Revision: `{revision}`; machine: `{json.dumps(machine_info())}`",
         "",
     ]
-    write_atomic(RESULTS / f"{stem}.md", "\n".join(header) + table + "\n" + sparsity)
+    text = "\n".join(header) + table + "\n" + sparsity
+    write_atomic(RESULTS / f"{stem}.md", repo_relative_text(text))  # the CLI's absolute paths
     shutil.copyfile(out / "results.csv", RESULTS / f"{stem}.csv")
     print((RESULTS / f"{stem}.md").read_text())
 

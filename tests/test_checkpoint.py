@@ -140,6 +140,7 @@ def test_a_truncated_checkpoint_is_reported_not_loaded(tmp_path):
         _train(run, config, resume=True)
 
 
+@pytest.mark.slow
 def test_sigkill_mid_epoch_then_resume_matches_an_uninterrupted_run(tmp_path):
     """The real thing: a `diffmm train` process killed with SIGKILL, then --resume."""
     args = [

@@ -81,3 +81,95 @@ def test_diffmm_refuses_an_id_only_dataset(tmp_path):
     result = run("train", "--model", "diffmm", "--data", str(table), "--out", str(tmp_path / "r"))
     assert result.exit_code == 2
     assert "--model lightgcn" in result.output
+
+
+def _table(tmp_path):
+    """An unsplit CSV of 30 users x 6 items (split by the loader, cached per method+seed)."""
+    path = tmp_path / "inter.csv"
+    path.write_text(
+        "user,item\n" + "".join(f"{u},{(u + j) % 12}\n" for u in range(30) for j in range(6))
+    )
+    return path
+
+
+DATA_COMMANDS = (["train"], ["benchmark"], ["sweep"], ["data", "stats"])
+
+
+def test_the_data_commands_share_one_set_of_split_options():
+    def option(command: list[str], name: str):
+        group = main
+        for word in command:
+            group = group.commands[word]
+        (param,) = (p for p in group.params if p.name == name)
+        return param.opts, param.type.to_info_dict(), param.default, param.help
+
+    for name in ("split", "split_seed", "features"):
+        first, *others = (option(command, name) for command in DATA_COMMANDS)
+        assert all(other == first for other in others), name
+    for command in DATA_COMMANDS:
+        result = run(*command, "--help")
+        assert result.exit_code == 0
+        text = " ".join(result.output.split())  # unwrapped
+        assert "--split [random|loo]" in text and "--split-seed INTEGER RANGE" in text
+        assert "Seed of the split of tables without a split column. [default: 2024;" in text
+
+
+def test_the_cli_split_choices_and_default_seed_are_the_data_layers():
+    from diffmm.cli.common import DEFAULT_SPLIT_SEED, SPLIT_METHODS
+    from diffmm.data.ref import DEFAULT_SPLIT_SEED as DATA_DEFAULT_SEED
+    from diffmm.data.split import SPLIT_METHODS as DATA_METHODS
+
+    assert SPLIT_METHODS == DATA_METHODS and DEFAULT_SPLIT_SEED == DATA_DEFAULT_SEED
+
+
+def test_an_unknown_split_method_is_a_usage_error_naming_the_choices(tmp_path):
+    for command in (["data", "stats", TINY], ["train", "--data", TINY]):
+        result = run(*command, "--split", "bogus")
+        assert result.exit_code == 2, command
+        assert "Usage:" in result.output and "Traceback" not in result.output
+        assert "Invalid value for '--split'" in result.output
+        assert "'bogus' is not one of 'random', 'loo'" in result.output
+
+
+def test_data_stats_splits_with_the_split_seed_given(tmp_path):
+    table = _table(tmp_path)
+    result = run("data", "stats", str(table), "--split-seed", "7")
+    assert result.exit_code == 0, result.output
+    assert "30" in result.output
+    cached = sorted(p.name for p in (tmp_path / ".diffmm_splits").glob("*.csv"))
+    assert cached == ["inter.random-7.csv"]
+
+
+def test_data_stats_still_takes_the_old_seed_option_and_says_it_is_deprecated(tmp_path):
+    table = _table(tmp_path)
+    result = run("data", "stats", str(table), "--seed", "9")
+    assert result.exit_code == 0, result.output
+    assert "--seed is deprecated; use --split-seed" in result.stderr
+    assert (tmp_path / ".diffmm_splits" / "inter.random-9.csv").exists()
+    assert "--seed" not in run("data", "stats", "--help").output.replace("--split-seed", "")
+    clash = run("data", "stats", str(table), "--seed", "9", "--split-seed", "8")
+    assert clash.exit_code == 2 and "give only --split-seed" in clash.stderr
+
+
+def test_the_cli_and_its_help_start_without_torch():
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; from diffmm.cli import main\n"
+        "for args in ([], ['train'], ['data', 'stats'], ['serve']):\n"
+        "    main([*args, '--help'], standalone_mode=False)\n"
+        "print(sorted({'torch', 'numpy'} & set(sys.modules)))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip().splitlines()[-1] == "[]"
+
+
+def test_python_m_diffmm_cli_runs_the_command():
+    import subprocess
+    import sys
+
+    out = subprocess.run(
+        [sys.executable, "-m", "diffmm.cli", "--help"], capture_output=True, text=True, check=True
+    )
+    assert "Commands:" in out.stdout and "train" in out.stdout

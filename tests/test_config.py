@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from diffmm.config import PRESETS, resolve_config
+from diffmm.config import presets_of, resolve_config
 from diffmm.errors import ConfigError
 
 
@@ -26,8 +26,20 @@ def test_preset_then_file_then_override(tmp_path):
     assert cfg.model == "diffmm" and cfg.preset == "tiktok"
     assert cfg.train.epochs == 7 and cfg.train.lr == 0.01
     assert cfg.params.temperature == 0.3  # override beats file
-    assert cfg.params.keep_rate == PRESETS["diffmm"]["tiktok"]["diffmm"]["keep_rate"]
+    assert cfg.params.keep_rate == presets_of("diffmm")["tiktok"]["diffmm"]["keep_rate"]
     assert cfg.params.cl_anchor == "main" and cfg.params.trans == "linear"
+
+
+def test_presets_live_with_their_model():
+    from diffmm.models.diffmm import DiffMM
+
+    assert presets_of("diffmm") == DiffMM.Config.presets
+    assert set(presets_of("diffmm")) == {"tiktok", "baby", "sports"}
+    assert presets_of("mf") == {}
+    with pytest.raises(
+        ConfigError, match="unknown preset 'tiktok' for model 'mf'; available: none"
+    ):
+        resolve_config("mf", "tiktok")
 
 
 @pytest.mark.parametrize(

@@ -14,7 +14,7 @@ from diffmm.checkpoint import DataRef
 from diffmm.cli import main
 from diffmm.config import resolve_config
 from diffmm.errors import ConfigError
-from diffmm.experiments import BenchmarkSpec, parse_grid, sparsity_study
+from diffmm.experiments import BenchmarkSpec, parse_grid, run_benchmark, run_sweep, sparsity_study
 from diffmm.train import train
 
 pytest.importorskip("matplotlib", reason="reports need the [report] extra")
@@ -26,6 +26,7 @@ def invoke(*args: str):
     return CliRunner().invoke(main, list(args))
 
 
+@pytest.mark.slow
 def test_benchmark_writes_table_csv_plots_and_reuses_finished_runs(tmp_path):
     args = [
         "benchmark", "--data", DATA, "--models", "mf,lightgcn", "--seeds", "2",
@@ -74,11 +75,60 @@ def test_settings_are_scoped_per_model_and_bad_ones_refused():
         BenchmarkSpec(DATA, ["mf", "nomodel"], [421]).validate()
 
 
-def test_sweep_selects_on_validation_and_maps_the_authors_flag_names(tmp_path):
-    assert parse_grid(["ssl_reg=0.1,1", "temp=0.5"]) == {
-        "cl_weight": ["0.1", "1"],
-        "temperature": ["0.5"],
-    }
+@pytest.mark.slow
+def test_benchmark_tables_and_plots_follow_each_runs_metric_and_ks(tmp_path):
+    sets = ["train.ks=[20]", "train.metric=ndcg@20", "epoch=2"]
+    spec = BenchmarkSpec(DATA, ["mf"], [421], sets=sets)
+    table = run_benchmark(spec, tmp_path, log=lambda _: None, groups=(0, 10))
+    for frame in (table, pd.read_csv(tmp_path / "results.csv")):
+        assert {"ndcg@20", "recall@20", "precision@20"} <= set(frame.columns)
+        assert not [c for c in frame.columns if "@10" in c]
+    text = (tmp_path / "results.md").read_text()
+    assert "selected on validation ndcg@20," in text and "recall@10" not in text
+    assert "| model | seeds | recall@20 | ndcg@20 | precision@20 | epoch |" in text
+    runs = pd.read_csv(tmp_path / "runs.csv")
+    assert runs["valid_ndcg@20"].notna().all() and "valid_recall@20" not in runs
+    assert {"ndcg@20", "recall@20"} <= set(pd.read_csv(tmp_path / "sparsity.csv").columns)
+    sparsity = (tmp_path / "sparsity.md").read_text()
+    assert "| 0-10 (ndcg@20) |" in sparsity and "Recall per group is in sparsity.csv" in sparsity
+    for png in ("valid_recall.png", "test_recall.png", "sparsity.png"):
+        assert (tmp_path / png).read_bytes().startswith(PNG)
+    # The mf run is reused, and its protocol read from its config.json: the table shows
+    # the union of the models' cut-offs, "–" where a model's runs have none.
+    spec = BenchmarkSpec(DATA, ["mf", "lightgcn"], [421], sets=["train.epochs=1"])
+    table = run_benchmark(spec, tmp_path, log=lambda _: None, plots=False).set_index("model")
+    assert {"recall@10", "recall@20", "ndcg@10"} <= set(table.columns)
+    assert pd.isna(table.loc["mf", "recall@10"]) and not pd.isna(table.loc["lightgcn", "ndcg@10"])
+    text = (tmp_path / "results.md").read_text()
+    assert "(mf: ndcg@20, lightgcn: recall@20)" in text
+    assert text.count("| – |") == 3 and "| mf | 1 | – | " in text  # recall, ndcg, precision@10
+
+
+def test_sweep_grid_keeps_the_names_as_typed_and_refuses_one_setting_twice(tmp_path):
+    assert parse_grid(["ssl_reg=0.1,1", "temp=0.5"]) == {"ssl_reg": ["0.1", "1"], "temp": ["0.5"]}
+    spec = BenchmarkSpec(DATA, ["diffmm"], [421])
+    grid = parse_grid(["ssl_reg=0.1", "cl_weight=0.2"])
+    with pytest.raises(ConfigError, match="'ssl_reg' and 'cl_weight' are the same setting"):
+        run_sweep(spec, grid, tmp_path, log=lambda _: None)
+    grid = parse_grid(["train.metric=recall@20,ndcg@20"])
+    with pytest.raises(ConfigError, match="one validation metric"):
+        run_sweep(BenchmarkSpec(DATA, ["mf"], [421]), grid, tmp_path, log=lambda _: None)
+
+
+@pytest.mark.slow
+def test_sweep_selects_on_the_configured_metric(tmp_path):
+    sets = ["train.epochs=1", "train.ks=[5]", "train.metric=ndcg@5"]
+    spec = BenchmarkSpec(DATA, ["lightgcn"], [421], sets=sets)
+    table = run_sweep(spec, parse_grid(["n_layers=0,1"]), tmp_path, log=lambda _: None)
+    assert {"valid_ndcg@5", "test_ndcg@5", "test_recall@5"} <= set(table.columns)
+    assert not [c for c in table.columns if "@20" in c]
+    chosen = table[table["selected"] == "*"]
+    assert len(chosen) == 1 and chosen["valid_ndcg@5"].iloc[0] == table["valid_ndcg@5"].max()
+    assert "validation ndcg@5" in (tmp_path / "sweep.md").read_text()
+
+
+@pytest.mark.slow
+def test_sweep_selects_on_validation(tmp_path):
     result = invoke(
         "sweep", "--data", DATA, "--model", "lightgcn", "--grid", "n_layers=0,2",
         "--set", "train.epochs=2", "--out", str(tmp_path),

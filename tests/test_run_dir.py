@@ -107,6 +107,7 @@ def test_a_new_run_goes_into_an_empty_folder() -> None:
     assert (Path("empty") / "summary.json").exists()
 
 
+@pytest.mark.slow
 def test_a_second_process_is_refused_while_a_run_is_in_progress(tmp_path: Path) -> None:
     run = RunDir(tmp_path / "run")
     with run.owned():
@@ -132,6 +133,7 @@ def test_two_trainings_into_one_run_directory_do_not_interleave(finished_run: Pa
     assert f"{run} is in use by another diffmm process (PID {os.getpid()})" in message
 
 
+@pytest.mark.slow
 def test_a_killed_run_leaves_no_lock_that_blocks_resume(tmp_path: Path) -> None:
     run = tmp_path / "run"
     args = ["--model", "mf", "--data", DATA, "--out", str(run), "--set", "train.epochs=400"]

@@ -2,7 +2,9 @@
 
 A run's configuration is resolved in this order, later winning:
 the defaults of :class:`TrainConfig` and of the model's ``Config``; a named preset
-(:data:`PRESETS`); a TOML file; ``key=value`` overrides from the command line.
+(the model's ``Config.presets``); a TOML file; ``key=value`` overrides from the command
+line. A setting may be named by an alias of its field (the DiffMM authors' flag names,
+e.g. ``ssl_reg`` for ``cl_weight``) in all three; the resolved config uses the names.
 
 A TOML file looks like::
 
@@ -14,18 +16,31 @@ A TOML file looks like::
 
     [diffmm]                   # section named after the model
     cl_weight = 0.01
+    temp = 0.5                 # an alias: the authors' name of temperature
 """
 
 from __future__ import annotations
 
 import difflib
 import json
+import sys
 from pathlib import Path
 from typing import Annotated, Any, get_args, get_origin
 
-import tomllib
 from annotated_types import Ge, Gt, Le, Lt
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    AliasChoices,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+)
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:
+    import tomli as tomllib
 
 from diffmm.errors import ConfigError
 from diffmm.evaluate import METRICS
@@ -44,11 +59,27 @@ class TrainConfig(BaseModel):
     """
 
     model_config = ConfigDict(
-        extra="forbid", validate_assignment=True, strict=True, allow_inf_nan=False
+        extra="forbid",
+        validate_assignment=True,
+        strict=True,
+        allow_inf_nan=False,
+        populate_by_name=True,
     )
 
-    epochs: int = Field(200, ge=1, le=MAX_COUNT, description="Maximum number of epochs.")
-    batch_size: int = Field(2048, ge=1, le=MAX_COUNT, description="BPR triples per optimiser step.")
+    epochs: int = Field(
+        200,
+        ge=1,
+        le=MAX_COUNT,
+        validation_alias=AliasChoices("epochs", "epoch"),
+        description="Maximum number of epochs [epoch].",
+    )
+    batch_size: int = Field(
+        2048,
+        ge=1,
+        le=MAX_COUNT,
+        validation_alias=AliasChoices("batch_size", "batch"),
+        description="BPR triples per optimiser step [batch].",
+    )
     lr: float = Field(1e-3, gt=0, description="Adam learning rate of the recommender.")
     seed: int = Field(
         421, ge=0, le=MAX_SEED, description="Seed of every random number generator, in [0, 2^63)."
@@ -98,46 +129,45 @@ class TrainConfig(BaseModel):
         return metric
 
 
-# Per-dataset settings of the authors' README (spec §5), by model and preset name.
-PRESETS: dict[str, dict[str, dict[str, Any]]] = {
-    "diffmm": {
-        "tiktok": {
-            "train": {"epochs": 50, "batch_size": 1024},
-            "diffmm": {
-                "l2_weight": 1e-4,
-                "cl_weight": 1e-2,
-                "trans": "linear",
-                "msi_weight": 0.1,
-                "cl_anchor": "main",
-                "keep_rate": 0.5,
-                "temperature": 0.5,
-                "residual_weight": 0.5,
-            },
-        },
-        "baby": {
-            "train": {"epochs": 50, "batch_size": 1024},
-            "diffmm": {
-                "l2_weight": 1e-5,
-                "cl_weight": 1e-1,
-                "keep_rate": 1.0,
-                "msi_weight": 0.01,
-                "trans": "parametric",
-            },
-        },
-        "sports": {
-            "train": {"epochs": 50, "batch_size": 1024},
-            "diffmm": {
-                "l2_weight": 1e-6,
-                "cl_weight": 1e-2,
-                "temperature": 0.1,
-                "residual_weight": 0.1,
-                "msi_weight": 0.5,
-                "keep_rate": 1.0,
-                "trans": "linear",
-            },
-        },
-    },
-}
+def presets_of(model: str) -> dict[str, dict[str, Any]]:
+    """The named presets of ``model`` (its ``Config.presets``), by name; empty if none.
+
+    A preset is ``{"train": {...}, "<model>": {...}}``, settings in the TOML layout.
+    """
+    return dict(getattr(get_model_class(model).Config, "presets", {}))
+
+
+def aliases_of(cls: type[BaseModel]) -> dict[str, str]:
+    """Other accepted names of ``cls``'s settings (e.g. the authors' flags): alias -> name.
+
+    They are each field's ``validation_alias=AliasChoices(name, alias, ...)``, the one
+    place the mapping is defined.
+    """
+    out = {}
+    for name, field in cls.model_fields.items():
+        alias = field.validation_alias
+        choices = alias.choices if isinstance(alias, AliasChoices) else [alias]
+        out |= {c: name for c in choices if isinstance(c, str) and c != name}
+    return out
+
+
+def setting_names(cls: type[BaseModel]) -> list[str]:
+    """Every name a setting of ``cls`` is accepted under: field names, then aliases."""
+    return [*cls.model_fields, *aliases_of(cls)]
+
+
+def canonical_names(cls: type[BaseModel], values: dict[str, Any], where: str) -> dict[str, Any]:
+    """``values`` with aliases renamed to the settings' names; one setting twice is refused."""
+    aliases, out, given_as = aliases_of(cls), {}, {}
+    for key, value in values.items():
+        name = aliases.get(key, key)
+        if name in given_as:
+            raise ConfigError(
+                f"{where}: {given_as[name]!r} and {key!r} are the same setting ({name}); "
+                "give it once"
+            )
+        given_as[name], out[name] = key, value
+    return out
 
 
 class RunConfig(BaseModel):
@@ -185,32 +215,39 @@ def apply_override(raw: dict[str, Any], model: str, assignment: str) -> None:
     """Apply one ``key=value`` to the raw config dict.
 
     ``key`` is ``train.NAME``, ``<model>.NAME`` or a bare ``NAME`` (looked up in the
-    training settings first, then in the model's hyper-parameters).
+    training settings first, then in the model's hyper-parameters); ``NAME`` may be an
+    alias (:func:`aliases_of`) and is stored under the setting's own name.
     """
     if "=" not in assignment:
         raise ConfigError(f"override {assignment!r} must look like key=value (e.g. train.epochs=5)")
     key, _, text = assignment.partition("=")
-    key = key.strip()
+    section, name = setting_of(model, key.strip())
+    raw.setdefault(section, {})[name] = parse_value(text)
+
+
+def setting_of(model: str, key: str) -> tuple[str, str]:
+    """``(section, name)`` of a ``--set`` key: ``("train", "epochs")`` for ``epoch``.
+
+    Raises :class:`ConfigError`, with the closest name, for a key ``model`` does not have.
+    """
     section, _, name = key.rpartition(".")
-    train_fields = list(TrainConfig.model_fields)
-    model_fields = list(get_model_class(model).Config.model_fields)
+    classes = {"train": TrainConfig, model: get_model_class(model).Config}
     if not section:
-        if name in train_fields:
-            section = "train"
-        elif name in model_fields:
-            section = model
-        else:
+        section = next((s for s, c in classes.items() if name in setting_names(c)), "")
+        if not section:
+            choices = setting_names(TrainConfig) + setting_names(classes[model])
             raise ConfigError(
                 f"unknown setting {name!r} for model {model!r}."
-                + _suggest(name, train_fields + model_fields)
+                + _suggest(name, choices)
                 + f" `diffmm config --model {model}` lists them all."
             )
-    if section not in ("train", model):
+    if section not in classes:
         raise ConfigError(f"unknown section {section!r} in {key!r}; use 'train' or {model!r}")
-    fields = train_fields if section == "train" else model_fields
-    if name not in fields:
-        raise ConfigError(f"unknown setting {key!r}." + _suggest(name, fields))
-    raw.setdefault(section, {})[name] = parse_value(text)
+    if name not in setting_names(classes[section]):
+        raise ConfigError(
+            f"unknown setting {key!r}." + _suggest(name, setting_names(classes[section]))
+        )
+    return section, aliases_of(classes[section]).get(name, name)
 
 
 def allowed_range(cls: type[BaseModel], loc: str | tuple[int | str, ...]) -> str:
@@ -220,7 +257,8 @@ def allowed_range(cls: type[BaseModel], loc: str | tuple[int | str, ...]) -> str
     of a list setting). Empty for a setting that is not a number.
     """
     loc = (loc,) if isinstance(loc, str) else loc
-    field = cls.model_fields.get(str(loc[0])) if loc else None
+    name = aliases_of(cls).get(str(loc[0]), str(loc[0])) if loc else ""
+    field = cls.model_fields.get(name)
     if field is None:
         return ""
     annotation, metadata = field.annotation, list(field.metadata)
@@ -298,7 +336,7 @@ def resolve_config(
     preset = preset or file_raw.get("preset")
     raw: dict[str, Any] = {"train": {}, model: {}}
     if preset:
-        presets = PRESETS.get(model, {})
+        presets = presets_of(model)
         if preset not in presets:
             raise ConfigError(
                 f"unknown preset {preset!r} for model {model!r}; available: "
@@ -317,12 +355,16 @@ def resolve_config(
                 f"config file {config_file}: {section!r} must be a table ([{section}] with "
                 f"key = value lines below it), got {file_raw[section]!r}"
             )
-    _deep_update(raw, {k: v for k, v in file_raw.items() if k in ("train", model)})
+    classes = {"train": TrainConfig, model: get_model_class(model).Config}
+    for section, cls in classes.items():
+        if section in file_raw:
+            origin = f"config file {config_file}, [{section}]"
+            _deep_update(raw, {section: canonical_names(cls, file_raw[section], origin)})
     for assignment in overrides:
         apply_override(raw, model, assignment)
     where = ", ".join(filter(None, [str(config_file or ""), "overrides" if overrides else ""]))
     sections = {}
-    for section, cls in (("train", TrainConfig), (model, get_model_class(model).Config)):
+    for section, cls in classes.items():
         try:
             sections[section] = cls(**raw[section])
         except ValidationError as err:

@@ -28,6 +28,7 @@ def test_loads_tiny_folder_with_features(tmp_path, write_authors):
     assert load_dataset(d / "trnMat.pkl").fingerprint() == ds.fingerprint()
 
 
+@pytest.mark.slow
 def test_loading_the_authors_format_and_training_code_leave_pandas_unimported(
     tmp_path, write_authors
 ):

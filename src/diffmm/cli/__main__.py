@@ -1,0 +1,5 @@
+"""``python -m diffmm.cli``: the ``diffmm`` command."""
+
+from diffmm.cli import main
+
+main()

@@ -1,0 +1,179 @@
+"""What the commands share: parameter types, help texts, the data options, user errors.
+
+Nothing here imports torch or NumPy: ``diffmm --help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import functools
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+
+from diffmm.errors import DiffMMError
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+DATA_HELP = (
+    "Dataset: a folder in the authors' format (trnMat.pkl, valMat.pkl, tstMat.pkl, "
+    "<modality>_feat.npy), an MMRec folder (<name>.inter), a CSV/TSV/Parquet table of "
+    "user,item[,split] pairs, or 'synthetic' (built-in; 'synthetic:n_users=2000' sets sizes)."
+)
+GROUPS_HELP = "Lower bounds of the sparsity study's user groups (training interactions)."
+MOVED_DATA_HELP = "Where the run's data are now, if they moved since training."
+SPLIT_HELP = (
+    "How to split tables without a split column: random (8:1:1 per user) or loo "
+    "(leave-one-out, by timestamp where given)."
+)
+SPLIT_SEED_HELP = "Seed of the split of tables without a split column."
+FEATURES_HELP = (
+    "Folder of extra <modality>.features.* files keyed by item id (see `diffmm features`)."
+)
+
+#: Seeds torch and NumPy both accept.
+SEED = click.IntRange(0, 2**63 - 1)
+RUN_DIR = click.Path(exists=True, file_okay=False, path_type=Path)
+OUT_DIR = click.Path(file_okay=False, path_type=Path)
+
+#: ``diffmm.data.split.SPLIT_METHODS`` and ``diffmm.data.ref.DEFAULT_SPLIT_SEED``, repeated
+#: here so that the CLI starts without importing the data layer (a test keeps them equal).
+SPLIT_METHODS = ("random", "loo")
+DEFAULT_SPLIT_SEED = 2024
+
+
+def split_options(fn: F) -> F:
+    """``--split``, ``--split-seed`` and ``--features``: how a dataset is split and extended."""
+    options = [
+        click.option(
+            "--split",
+            default="random",
+            show_default=True,
+            type=click.Choice(SPLIT_METHODS),
+            help=SPLIT_HELP,
+        ),
+        click.option(
+            "--split-seed",
+            default=DEFAULT_SPLIT_SEED,
+            show_default=True,
+            type=SEED,
+            help=SPLIT_SEED_HELP,
+        ),
+        click.option(
+            "--features",
+            type=click.Path(exists=True, file_okay=False),
+            default=None,
+            help=FEATURES_HELP,
+        ),
+    ]
+    for option in reversed(options):
+        fn = option(fn)
+    return fn
+
+
+def data_options(*, required: bool) -> Callable[[F], F]:
+    """``--data`` (required or not) and the :func:`split_options`."""
+
+    def decorate(fn: F) -> F:
+        return click.option("--data", "data", required=required, default=None, help=DATA_HELP)(
+            split_options(fn)
+        )
+
+    return decorate
+
+
+def user_errors(fn: F) -> F:
+    """Run a command: a DiffMMError (or an unreadable path, or exhausted memory) becomes one
+    line and exit status 2.
+
+    The command runs under the malloc setting of
+    :func:`diffmm.utils.keep_freed_memory_for_reuse`, applied here rather than in the group
+    so that ``diffmm COMMAND --help`` does not import torch.
+    """
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        from diffmm.utils import keep_freed_memory_for_reuse
+
+        keep_freed_memory_for_reuse()
+        try:
+            return fn(*args, **kwargs)
+        except DiffMMError as err:
+            click.echo(f"error: {err}", err=True)
+            sys.exit(2)
+        except OSError as err:  # a path the user gave cannot be read or written
+            where = f"{err.filename}: " if err.filename else ""
+            click.echo(f"error: {where}{err.strerror or err}", err=True)
+            sys.exit(2)
+        except Exception as err:
+            if not _out_of_memory(err):
+                raise
+            click.echo(
+                "error: out of memory: the data or the settings (embedding_dim, batch sizes, "
+                "k) need more memory than this machine has; reduce them",
+                err=True,
+            )
+            sys.exit(2)
+
+    return wrapper  # type: ignore[return-value]
+
+
+def _out_of_memory(err: Exception) -> bool:
+    """Whether ``err`` is host (MemoryError) or device (torch.OutOfMemoryError) exhaustion."""
+    torch = sys.modules.get("torch")
+    return isinstance(err, MemoryError) or (
+        torch is not None and isinstance(err, torch.OutOfMemoryError)
+    )
+
+
+def group_bounds(groups: str) -> list[int]:
+    """``--groups 0,5,10`` as sorted distinct integers."""
+    from diffmm.errors import ConfigError
+
+    try:
+        return sorted({int(g) for g in groups.split(",")})
+    except ValueError:
+        raise ConfigError(f"--groups {groups!r}: give integers such as 0,5,10,20") from None
+
+
+def seed_list(seeds: str) -> list[int]:
+    """``--seeds``: a count (3 = 421,422,423) or a comma-separated list."""
+    from diffmm.errors import ConfigError
+
+    try:
+        if "," in seeds:
+            chosen = [int(s) for s in seeds.split(",") if s.strip()]
+        else:
+            chosen = [421 + i for i in range(int(seeds))]
+    except ValueError:
+        raise ConfigError(f"--seeds {seeds!r}: give a count (3) or a list (421,422)") from None
+    if not chosen or not all(0 <= s < 2**63 for s in chosen):
+        raise ConfigError(f"--seeds {seeds!r}: give a count >= 1 or seeds in [0, 2**63)")
+    return chosen
+
+
+def check_writable_path(path: Path) -> None:
+    """A clear error when a parent of an output path is a file."""
+    from diffmm.errors import ConfigError
+
+    for parent in path.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise ConfigError(
+                    f"{path}: {parent} is a file, not a directory; choose another path"
+                )
+            return
+
+
+def absolute_data(data: str) -> str:
+    """``--data`` as an absolute path (the built-in ``synthetic[:...]`` spec as it is)."""
+    from diffmm.data import is_synthetic_spec
+
+    return data if is_synthetic_spec(data) else str(Path(data).expanduser().resolve())
+
+
+def absolute_features(features: str | None) -> str | None:
+    """``--features`` as an absolute path, if given."""
+    return str(Path(features).resolve()) if features else None

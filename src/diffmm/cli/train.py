@@ -1,0 +1,161 @@
+"""``diffmm train``: a new run, or ``--resume`` of an interrupted one."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import click
+
+from diffmm.cli.common import check_writable_path, data_options, user_errors
+
+
+def _default_run_dir(model: str, data_name: str) -> Path:
+    return Path("runs") / f"{model}-{data_name}-{time.strftime('%Y%m%d-%H%M%S')}"
+
+
+@click.command()
+@click.option(
+    "--model",
+    "model",
+    default=None,
+    help="Model name (see `diffmm models`): mf, lightgcn, diffmm, vbpr, ...",
+)
+@data_options(required=False)
+@click.option("--preset", default=None, help="Named settings, e.g. tiktok, baby, sports (DiffMM).")
+@click.option(
+    "--config",
+    "config_file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="TOML file: model = '...', [train] and [<model>] sections.",
+)
+@click.option(
+    "--set",
+    "overrides",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="Override one setting, e.g. --set train.epochs=5 --set cl_weight=0.1 (repeatable).",
+)
+@click.option(
+    "--out",
+    "out",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Run directory for config, log and checkpoints [default: runs/<model>-<data>-<time>].",
+)
+@click.option(
+    "--resume",
+    "resume",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Continue the interrupted run in this directory from its last checkpoint "
+    "(its configuration and data are read from there).",
+)
+@user_errors
+def train(
+    model: str | None,
+    data: str | None,
+    preset: str | None,
+    config_file: Path | None,
+    overrides: tuple[str, ...],
+    out: Path | None,
+    split: str,
+    split_seed: int,
+    features: str | None,
+    resume: Path | None,
+) -> None:
+    """Train a model with validation-based selection; test is scored once at the end."""
+    from diffmm.checkpoint import DataRef
+    from diffmm.config import resolve_config
+    from diffmm.errors import ConfigError
+    from diffmm.train import train as run_training
+
+    if resume is not None:
+        _refuse_split_options_on_resume(resume)
+        run_config, dataset, data_ref = _resume_inputs(
+            resume, model, data, preset, config_file, overrides, out
+        )
+        run_dir = resume
+    else:
+        if data is None:
+            raise ConfigError("--data is required (or --resume RUN_DIR to continue a run)")
+        run_config = resolve_config(model, preset, config_file, overrides)
+        data_ref = DataRef.of(data, split, split_seed, features)
+        dataset = data_ref.load()
+        run_dir = out or _default_run_dir(run_config.model, dataset.name)
+        check_writable_path(run_dir / "config.json")
+    click.echo(f"training {run_config.model} on {dataset.name} -> {run_dir}", err=True)
+    try:
+        summary = run_training(
+            run_config,
+            dataset,
+            run_dir,
+            log=lambda line: click.echo(line, err=True),
+            data_ref=data_ref,
+            resume=resume is not None,
+        )
+    except KeyboardInterrupt:
+        click.echo(f"\ninterrupted; continue with `diffmm train --resume {run_dir}`", err=True)
+        sys.exit(130)
+    click.echo(json.dumps(summary, indent=2, default=float))
+
+
+def _refuse_split_options_on_resume(run_dir: Path) -> None:
+    """--split/--split-seed/--features given with --resume must be the run's own."""
+    from diffmm.checkpoint import RunDir
+    from diffmm.errors import ConfigError
+
+    ctx = click.get_current_context()
+    ref = RunDir(run_dir).data_ref() if (run_dir / "dataset.json").exists() else None
+    own = {"split": ref and ref.split, "split_seed": ref and ref.seed}
+    own["features"] = ref and ref.features
+    for name, flag in (
+        ("split", "--split"),
+        ("split_seed", "--split-seed"),
+        ("features", "--features"),
+    ):
+        if ctx.get_parameter_source(name) != click.core.ParameterSource.COMMANDLINE:
+            continue
+        given = ctx.params[name]
+        if name == "features" and given is not None:
+            given = str(Path(given).expanduser().resolve())
+        if ref is None or given != own[name]:
+            raise ConfigError(
+                f"{flag} {ctx.params[name]} differs from the run's own ({own[name]}); a resumed "
+                f"run keeps its split and features: drop {flag}"
+            )
+
+
+def _resume_inputs(
+    run_dir: Path,
+    model: str | None,
+    data: str | None,
+    preset: str | None,
+    config_file: Path | None,
+    overrides: tuple[str, ...],
+    out: Path | None,
+) -> tuple[Any, Any, Any]:
+    """The stored configuration and data of a run; options given again must agree."""
+    from diffmm.checkpoint import RunDir
+    from diffmm.config import resolve_config
+    from diffmm.errors import ConfigError
+
+    if out is not None and out.resolve() != run_dir.resolve():
+        raise ConfigError(f"--out {out} and --resume {run_dir} name different runs; drop --out")
+    run = RunDir(run_dir)
+    run.require_run()
+    stored = run.read_config()
+    if model or preset or config_file or overrides:
+        given = resolve_config(model or stored.model, preset, config_file, overrides).to_dict()
+        if given != stored.to_dict():
+            raise ConfigError(
+                f"the settings given differ from those of the run in {run_dir}; a run "
+                "continues with its own configuration: drop --model/--preset/--config/--set "
+                "or start a new run with another --out"
+            )
+    data_ref = run.data_ref(moved_to=data)
+    return stored, data_ref.load(), data_ref
