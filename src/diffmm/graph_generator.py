@@ -26,6 +26,7 @@ import scipy.sparse as sp
 import torch
 from torch import Tensor, nn
 
+from diffmm import distributed
 from diffmm.diffusion import Denoiser, GaussianDiffusion
 from diffmm.graph import csr_tensor
 
@@ -99,9 +100,16 @@ class ModalityGraphGenerator(nn.Module):
         self.denoisers.train()
         totals = torch.zeros(2, len(self.modalities))
         order = users[torch.randperm(len(users)).to(users.device)]
-        for batch in order.split(cfg.diffusion_batch_size):
-            for m, (denoiser, opt) in enumerate(zip(self.denoisers, self.optimizers, strict=True)):
-                totals[:, m] += self._step(batch, denoiser, opt, item_emb, modal_emb[m])
+        with distributed.rank_rng(users.device):  # in a process group: noise per rank
+            for batch in order.split(cfg.diffusion_batch_size):
+                mine = batch[distributed.shard(len(batch))]  # the whole batch in one process
+                for m, (denoiser, opt) in enumerate(
+                    zip(self.denoisers, self.optimizers, strict=True)
+                ):
+                    totals[:, m] += self._step(
+                        mine, len(batch), denoiser, opt, item_emb, modal_emb[m]
+                    )
+        totals = distributed.all_reduce_sum(totals)
         n_batches = -(-len(users) // cfg.diffusion_batch_size)
         stats = {}
         for m, name in enumerate(self.modalities):
@@ -112,13 +120,17 @@ class ModalityGraphGenerator(nn.Module):
     def _step(
         self,
         users: Tensor,
+        batch_size: int,
         denoiser: Denoiser,
         opt: torch.optim.Optimizer,
         item_emb: Tensor,
         modal_emb: Tensor,
     ) -> Tensor:
-        """One Adam step on the batch's mean ELBO + λ0 MSI; returns the two means (CPU).
+        """One Adam step on a batch's mean ELBO + λ0 MSI; returns ``users``' shares of the
+        two means (CPU).
 
+        ``users`` are this process's part of a batch of ``batch_size`` users (all of it
+        in one process); the gradients are summed over the processes before the step.
         The loss is accumulated chunk by chunk (``diffusion_chunk_size`` users).
         """
         cfg = self.config
@@ -127,11 +139,12 @@ class ModalityGraphGenerator(nn.Module):
             x0 = self.rows(chunk).to_dense()
             elbo, x0_hat = self.diffusion.training_loss(denoiser, x0, cfg.elbo_weighting)
             msi = (x0_hat @ modal_emb - x0 @ item_emb).pow(2).mean(dim=1)
-            ((elbo.sum() + cfg.msi_weight * msi.sum()) / len(users)).backward()
+            ((elbo.sum() + cfg.msi_weight * msi.sum()) / batch_size).backward()
             sums += torch.stack([elbo.sum().detach(), msi.sum().detach()]).cpu()
+        distributed.all_reduce_grads(denoiser.parameters())
         opt.step()
         opt.zero_grad(set_to_none=True)  # also frees the gradient memory
-        return sums / len(users)
+        return sums / batch_size
 
     # ----------------------------------------------------------------- generation (§2.2.3)
     @torch.no_grad()

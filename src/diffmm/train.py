@@ -20,7 +20,8 @@ in :mod:`diffmm.checkpoint`: after every epoch ``last.pt`` (the full training st
 ``best.pt`` when validation improved, and a line of ``log.jsonl``; ``summary.json`` at
 the end. Every file is written atomically, and ``train(..., resume=True)`` continues an
 interrupted run from ``last.pt`` with the same result as an uninterrupted one
-(:mod:`diffmm.train_state`).
+(:mod:`diffmm.train_state`). Under ``torchrun`` the processes train one model, rank 0
+alone writing (:mod:`diffmm.distributed`); one process trains exactly as without it.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ import copy
 import statistics
 import time
 from collections.abc import Callable
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
@@ -37,10 +39,11 @@ import torch
 from tqdm.auto import tqdm
 
 from diffmm import checkpoint as ckpt
-from diffmm import train_state
+from diffmm import distributed, train_state
 from diffmm.checkpoint import DataRef, RunDir
 from diffmm.config import RunConfig, TrainConfig
 from diffmm.data.dataset import Dataset
+from diffmm.epoch_log import epoch_line, metrics_text
 from diffmm.errors import ConfigError, DivergedError
 from diffmm.evaluate import evaluate
 from diffmm.models import get_model_class
@@ -50,16 +53,11 @@ from diffmm.selection import Selection
 from diffmm.utils import (
     peak_rss_mb,
     release_free_memory,
-    resolve_device,
     seed_everything,
     to_json,
 )
 
 PARITY_NOTE = "authors' protocol (best epoch chosen on test), for parity only; never used"
-
-
-def _fmt(metrics: dict[str, float], keys: list[str]) -> str:
-    return " ".join(f"{k} {metrics[k]:.4f}" for k in keys if k in metrics)
 
 
 class Trainer:
@@ -106,7 +104,8 @@ class Trainer:
         a heap fragmented by training would place each batch on fresh pages, adding to
         the peak (benchmarks/results/design_measurements.md has the figure)."""
         model = self.model
-        return evaluate(
+        return distributed.evaluate_sharded(
+            evaluate,
             lambda users: model.scores(users, embeddings),
             self.dataset,
             split,
@@ -127,12 +126,15 @@ class Trainer:
             total=n_bpr_batches(self.dataset.train, cfg.batch_size),
             desc=f"epoch {epoch}",
             leave=False,
-            disable=None if cfg.progress else True,
+            disable=None if cfg.progress and distributed.is_main() else True,
             dynamic_ncols=True,
         )
-        for users, pos, neg in bar:
-            batch = Batch(*(torch.from_numpy(x).to(self.device) for x in (users, pos, neg)))
-            losses = model.loss(batch)
+        for global_batch in bar:
+            arrays, scale = distributed.shard_batch(global_batch)  # as is in one process
+            batch = Batch(*(torch.from_numpy(x).to(self.device) for x in arrays))
+            losses = self.loss_fn(batch)
+            if scale != 1.0:  # this rank's share of the global batch's mean loss
+                losses = {name: value * scale for name, value in losses.items()}
             total = sum(losses.values())
             if not torch.isfinite(total.detach()):
                 bad = {k: float(v.detach()) for k, v in losses.items() if not v.isfinite()}
@@ -146,6 +148,7 @@ class Trainer:
                 totals[name] = totals[name] + value if name in totals else value
             n_steps += 1
         bar.close()
+        totals = distributed.global_losses(totals)  # the global batches' (DDP averages)
         means = {name: float(value) / max(n_steps, 1) for name, value in totals.items()}
         means["loss"] = sum(means.values())
         return means
@@ -217,8 +220,13 @@ class Trainer:
                 if resume:
                     self.log(f"{self.run.path} has no checkpoint yet; starting from epoch 1")
                 self.run.remove_log()
-        elif resume:
+        elif resume and not distributed.is_distributed():
             raise ValueError("resume needs a run directory")
+        if resume and distributed.is_distributed():  # rank 0 read last.pt: the others follow
+            done, self.selection = train_state.broadcast_resumed(
+                self.model, self.optimizer, self.rng, done, self.selection
+            )
+        self.loss_fn = distributed.loss_function(self.model)
         # Without a run directory the best state is kept in memory instead of best.pt.
         self._best_in_memory: dict[str, Any] | None = None
         return done
@@ -229,6 +237,7 @@ class Trainer:
         self.model.train()
         stats = self._run_phases(epoch)
         t1 = self._now()
+        distributed.sync_torch_rng(self.device)
         losses = self._train_epoch(epoch)
         release_free_memory()
         self._check_parameters(epoch, "recommender pass", "train.lr")
@@ -255,6 +264,7 @@ class Trainer:
         freed memory given back after each; then every parameter must be finite."""
         stats: dict[str, float] = {}
         for name, phase in self.model.epoch_phases(epoch):
+            distributed.sync_torch_rng(self.device)  # a no-op in one process
             start = self._now()
             stats.update(phase() or {})
             stats[f"seconds_{name}"] = self._now() - start
@@ -303,6 +313,7 @@ class Trainer:
         """Restore the selected state, score the test split once; the run's summary."""
         cfg, model, sel = self.config, self.model, self.selection
         best_epoch, selected_by = self._restore_selected(epochs_run)
+        distributed.broadcast_state(model)  # rank 0 restored best.pt
         model.eval()
         with torch.no_grad():
             test_metrics = self._evaluate("test", model.embeddings())
@@ -321,6 +332,7 @@ class Trainer:
             "seconds_total": float(sum(sel.epoch_seconds)),
             "peak_rss_mb": peak_rss_mb(),
         }
+        summary.update(distributed.summary_fields())  # nothing in one process
         if sel.resumed_after:
             summary["resumed_after_epochs"] = sel.resumed_after
         if cfg.test_every_epoch:
@@ -329,7 +341,9 @@ class Trainer:
             self.run.write_summary(summary)
         self.log(
             f"selected epoch {best_epoch} ({selected_by}); test "
-            + _fmt(test_metrics, [f"recall@{k}" for k in self.ks] + [f"ndcg@{k}" for k in self.ks])
+            + metrics_text(
+                test_metrics, [f"recall@{k}" for k in self.ks] + [f"ndcg@{k}" for k in self.ks]
+            )
         )
         return summary
 
@@ -356,20 +370,7 @@ class Trainer:
         return best_epoch, f"best valid {metric}"
 
     def _log_epoch(self, record: dict[str, Any]) -> None:
-        parts = [f"epoch {record['epoch']:>3}"]
-        parts.append(" ".join(f"{k} {v:.4f}" for k, v in record["losses"].items()))
-        keys = [self.config.metric, f"ndcg@{self.config.metric.partition('@')[2]}"]
-        if "valid" in record:
-            parts.append(
-                "valid " + _fmt(record["valid"], keys) + (" *" if record["improved"] else "")
-            )
-        if "test_parity" in record:
-            parts.append("test(parity) " + _fmt(record["test_parity"], keys))
-        parts.append(
-            f"{record['seconds']:.1f}s (begin {record['seconds_begin_epoch']:.1f}, "
-            f"train {record['seconds_train']:.1f}, eval {record['seconds_eval']:.1f})"
-        )
-        self.log(" | ".join(parts))
+        self.log(epoch_line(record, self.config.metric))
 
 
 def train(
@@ -392,21 +393,25 @@ def train(
     """
     cfg = run_config.train
     seed_everything(cfg.seed)
-    device = resolve_device(cfg.device)
-    if run_dir is None and resume:
-        raise ConfigError("resume needs the run directory of the run to continue")
-    model = get_model_class(run_config.model)(run_config.params, dataset).to(device)
-    if run_dir is None:
-        return Trainer(model, dataset, cfg, log=log).fit()
-    run = RunDir(run_dir)
-    with run.owned():
-        if resume:
-            run.require_run()
-            run.check_fingerprint(dataset)
-        else:
-            run.create(run_config, dataset, data_ref)
+    with distributed.session(cfg.device) as device, ExitStack() as held:
+        if run_dir is None and resume:
+            raise ConfigError("resume needs the run directory of the run to continue")
+        model = get_model_class(run_config.model)(run_config.params, dataset).to(device)
+        if not distributed.is_main():  # rank 0 alone writes the run directory and logs
+            distributed.wait_for_main_setup()
+            return Trainer(model, dataset, cfg, log=lambda _: None).fit(resume=resume)
+        run = None if run_dir is None else RunDir(run_dir)
+        with distributed.main_setup():  # the other ranks wait for it
+            if run is not None:
+                held.enter_context(run.owned())
+                if resume:
+                    run.require_run()
+                    run.check_fingerprint(dataset)
+                else:
+                    run.create(run_config, dataset, data_ref)
         try:
             return Trainer(model, dataset, cfg, run_dir=run, log=log).fit(resume=resume)
         except Exception:
-            run.discard_new()
+            if run is not None:
+                run.discard_new()
             raise

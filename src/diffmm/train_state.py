@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from diffmm import checkpoint as ckpt
+from diffmm import distributed
 from diffmm.checkpoint import RunDir
 from diffmm.errors import DataError
 from diffmm.models.base import Recommender
@@ -99,3 +100,36 @@ def load_last(
                 )
             save_best(run, epoch, metric, sel, state["model"])
     return epoch, sel
+
+
+def broadcast_resumed(
+    model: Recommender,
+    optimizer: torch.optim.Optimizer,
+    rng: np.random.Generator,
+    epoch: int,
+    selection: Selection,
+) -> tuple[int, Selection]:
+    """Rank 0's training state (after :func:`load_last`, or a fresh start) on every rank:
+    model, optimiser, random generators, last epoch and selection; returns the latter two.
+
+    Only rank 0 reads the run directory, so the other machines need no copy of ``last.pt``.
+    """
+
+    def cpu(value: Any) -> Any:
+        return value.cpu() if isinstance(value, torch.Tensor) else value
+
+    state = distributed.broadcast_object(
+        {
+            "epoch": epoch,
+            "model": {k: cpu(v) for k, v in model.state_dict().items()},
+            "model_extra": model.extra_state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "rng": capture_rng(rng),
+            "selection": asdict(selection),
+        }
+    )
+    model.load_state_dict(state["model"])
+    model.load_extra_state_dict(state["model_extra"])
+    optimizer.load_state_dict(state["optimizer"])
+    restore_rng(state["rng"], rng)
+    return int(state["epoch"]), Selection(**state["selection"])

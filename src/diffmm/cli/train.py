@@ -66,11 +66,14 @@ def train(
     split: str,
     split_seed: int,
     features: str | None,
+    table: Any,
+    cache_dir: str | None,
     resume: Path | None,
 ) -> None:
     """Train a model with validation-based selection; test is scored once at the end."""
     from diffmm.checkpoint import DataRef
     from diffmm.config import resolve_config
+    from diffmm.distributed import launched_as_main
     from diffmm.errors import ConfigError
     from diffmm.train import train as run_training
 
@@ -84,40 +87,42 @@ def train(
         if data is None:
             raise ConfigError("--data is required (or --resume RUN_DIR to continue a run)")
         run_config = resolve_config(model, preset, config_file, overrides)
-        data_ref = DataRef.of(data, split, split_seed, features)
+        data_ref = DataRef.of(data, split, split_seed, features, table, cache_dir)
         dataset = data_ref.load()
         run_dir = out or _default_run_dir(run_config.model, dataset.name)
         check_writable_path(run_dir / "config.json")
-    click.echo(f"training {run_config.model} on {dataset.name} -> {run_dir}", err=True)
+    # under torchrun every process runs this; rank 0 alone prints (and writes run_dir)
+    echo = click.echo if launched_as_main() else lambda *_, **__: None
+    echo(f"training {run_config.model} on {dataset.name} -> {run_dir}", err=True)
     try:
         summary = run_training(
             run_config,
             dataset,
             run_dir,
-            log=lambda line: click.echo(line, err=True),
+            log=lambda line: echo(line, err=True),
             data_ref=data_ref,
             resume=resume is not None,
         )
     except KeyboardInterrupt:
-        click.echo(f"\ninterrupted; continue with `diffmm train --resume {run_dir}`", err=True)
+        echo(f"\ninterrupted; continue with `diffmm train --resume {run_dir}`", err=True)
         sys.exit(130)
-    click.echo(json.dumps(summary, indent=2, default=float))
+    echo(json.dumps(summary, indent=2, default=float))
 
 
 def _refuse_split_options_on_resume(run_dir: Path) -> None:
-    """--split/--split-seed/--features given with --resume must be the run's own."""
+    """--split/--split-seed/--features and the table options given with --resume must be
+    the run's own."""
     from diffmm.checkpoint import RunDir
+    from diffmm.cli.common import TABLE_OPTIONS
     from diffmm.errors import ConfigError
 
     ctx = click.get_current_context()
     ref = RunDir(run_dir).data_ref() if (run_dir / "dataset.json").exists() else None
     own = {"split": ref and ref.split, "split_seed": ref and ref.seed}
     own["features"] = ref and ref.features
-    for name, flag in (
-        ("split", "--split"),
-        ("split_seed", "--split-seed"),
-        ("features", "--features"),
-    ):
+    own.update({name: ref and getattr(ref.table, name) for name in TABLE_OPTIONS})
+    for name in own:
+        flag = "--" + name.replace("_", "-")
         if ctx.get_parameter_source(name) != click.core.ParameterSource.COMMANDLINE:
             continue
         given = ctx.params[name]
@@ -126,7 +131,7 @@ def _refuse_split_options_on_resume(run_dir: Path) -> None:
         if ref is None or given != own[name]:
             raise ConfigError(
                 f"{flag} {ctx.params[name]} differs from the run's own ({own[name]}); a resumed "
-                f"run keeps its split and features: drop {flag}"
+                f"run keeps its split, features and table options: drop {flag}"
             )
 
 

@@ -34,6 +34,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from diffmm import distributed
 from diffmm.data.dataset import Dataset
 from diffmm.graph import (
     csr_tensor,
@@ -209,8 +210,10 @@ class DiffMM(DerivedTensors, Recommender):
         graphs = []
         for m in range(len(self.modalities)):
             graph = None
-            if ratio > 0:
-                items = self.generator.generate(users, m)
+            if ratio > 0:  # in a process group: each rank its users, gathered in order
+                with distributed.rank_rng(users.device):
+                    mine = self.generator.generate(users[distributed.shard(len(users))], m)
+                items = distributed.gather_rows(mine)
                 graph = topk_bipartite(
                     users.repeat_interleave(cfg.rebuild_k),
                     items.reshape(-1),
