@@ -48,6 +48,7 @@ import torch
 
 from diffmm.config import RunConfig, run_config_from_dict
 from diffmm.data.dataset import Dataset
+from diffmm.data.options import TableOptions
 from diffmm.data.ref import DEFAULT_SPLIT_SEED, DataRef
 from diffmm.errors import ConfigError, DataError
 from diffmm.state import CHECKPOINT_FORMAT, capture_rng, load_checkpoint, restore_rng
@@ -246,10 +247,13 @@ class RunDir:
                 split=str(load["split"]),
                 seed=int(load["seed"]),
                 features=None if load.get("features") is None else str(load["features"]),
+                table=TableOptions.from_dict(load.get("table")),  # absent in older runs
+                cache_dir=None if load.get("cache_dir") is None else str(load["cache_dir"]),
             )
-        except (KeyError, TypeError, ValueError):
+        except (KeyError, TypeError, ValueError, DataError):
             raise DataError(
-                f"{self.path / DATASET}: 'load' must hold path, split and seed"
+                f"{self.path / DATASET}: 'load' must hold path, split and seed (and valid "
+                "table options, if any)"
             ) from None
         return ref if moved_to is None else ref.moved_to(moved_to)
 

@@ -39,6 +39,7 @@ import numpy as np
 import pandas as pd
 
 from diffmm.config import RunConfig, TrainConfig, presets_of, resolve_config, setting_names
+from diffmm.data.options import TableOptions
 from diffmm.errors import ConfigError
 from diffmm.models import get_model_class, model_names
 from diffmm.sparsity import DEFAULT_GROUPS, sparsity_study, write_sparsity
@@ -106,6 +107,8 @@ class BenchmarkSpec:
     split: str = "random"
     split_seed: int = 2024
     features: str | None = None
+    table: TableOptions = field(default_factory=TableOptions)  # column names, filters
+    cache_dir: str | None = None  # where split caches go (None: the default)
 
     def model_sets(self, model: str) -> list[str]:
         """The ``--set`` assignments that apply to ``model``.
@@ -166,6 +169,9 @@ class BenchmarkSpec:
         cmd += ["--split", self.split, "--split-seed", str(self.split_seed)]
         if self.features:
             cmd += ["--features", self.features]
+        cmd += self.table.cli_args()
+        if self.cache_dir:
+            cmd += ["--cache-dir", self.cache_dir]
         if self.preset_for(model):
             cmd += ["--preset", self.preset_for(model)]
         for assignment in [*self._for_resolve(model), f"train.seed={seed}"]:

@@ -164,3 +164,62 @@ def test_real_baby(shared_data):
     assert (ds.n_users, ds.n_items) == (19445, 7050)
     assert (ds.train.nnz, ds.valid.nnz, ds.test.nnz) == (118551, 21682, 20559)
     assert ds.features == {}
+
+
+def _rename(d, names: dict[str, str]) -> None:
+    for old, new in names.items():
+        (d / old).rename(d / new)
+
+
+@pytest.mark.parametrize(
+    "names",
+    [
+        {"valMat.pkl": "vldMat.pkl"},
+        {"valMat.pkl": "tiktok_valid.pkl"},
+        {
+            "trnMat.pkl": "baby_train.pkl",
+            "valMat.pkl": "baby_val.pkl",
+            "tstMat.pkl": "baby_test.pkl",
+        },
+    ],
+)
+def test_other_names_of_the_split_matrices(tmp_path, write_authors, names):
+    d = write_authors(tmp_path / "tiny")
+    expected = load_dataset(d).fingerprint()
+    _rename(d, names)
+    ds = load_dataset(d)
+    assert ds.fingerprint() == expected and (ds.valid.nnz, ds.test.nnz) == (2, 2)
+    assert load_dataset(d / list(names.values())[0]).fingerprint() == expected
+
+
+def test_missing_valid_matrix_names_the_files_looked_for(tmp_path, write_authors):
+    d = write_authors(tmp_path)
+    (d / "valMat.pkl").unlink()
+    with pytest.raises(
+        DataError,
+        match=r"valMat.pkl: file not found \(also looked for vldMat.pkl, <name>_valid.pkl, "
+        r"<name>_val.pkl\)",
+    ):
+        load_dataset(d)
+
+
+def test_two_valid_matrices_are_ambiguous(tmp_path, write_authors):
+    d = write_authors(tmp_path)
+    (d / "vldMat.pkl").write_bytes((d / "valMat.pkl").read_bytes())
+    with pytest.raises(DataError, match=r"several valid matrices \(valMat.pkl, vldMat.pkl\)"):
+        load_dataset(d)
+
+
+def test_a_narrower_matrix_is_padded_with_a_warning(tmp_path, write_authors, make_coo):
+    d = write_authors(tmp_path)
+    with open(d / "valMat.pkl", "wb") as f:  # its last item never appears in valid
+        pickle.dump(make_coo([(0, 2), (1, 3)], (4, 4)), f)
+    with pytest.warns(UserWarning, match=r"valMat.pkl: shape \(4, 4\) is smaller .* \(4, 5\)"):
+        ds = load_dataset(d)
+    assert (ds.n_users, ds.n_items) == (4, 5) and ds.valid.shape == (4, 5)
+    assert ds.valid.nnz == 2 and ds.valid[1, 3] == 1
+    d = write_authors(tmp_path / "rows")
+    with open(d / "trnMat.pkl", "wb") as f:  # fewer rows too: the last user has no train
+        pickle.dump(make_coo([(0, 0), (0, 1), (1, 1), (1, 2), (2, 3)], (3, 5)), f)
+    with pytest.warns(UserWarning, match=r"trnMat.pkl: shape \(3, 5\) .* 1 empty row"):
+        assert load_dataset(d).train.shape == (4, 5)

@@ -25,8 +25,15 @@ DATA_HELP = (
 GROUPS_HELP = "Lower bounds of the sparsity study's user groups (training interactions)."
 MOVED_DATA_HELP = "Where the run's data are now, if they moved since training."
 SPLIT_HELP = (
-    "How to split tables without a split column: random (8:1:1 per user) or loo "
-    "(leave-one-out, by timestamp where given)."
+    "How to split tables without a split column: random (8:1:1 per user), loo "
+    "(leave-one-out: last item to test, by timestamp where there is one, else at random) or "
+    "temporal (leave-last-out by timestamp: needs a time column; ties by row order)."
+)
+COL_HELP = "Name of the table's {} column (default: one of {})."
+MIN_RATING_HELP = "Keep only rows rated at least this (e.g. 4 on MovieLens); needs a rating column."
+K_CORE_HELP = "Keep only users and items with at least N interactions (repeated until stable)."
+CACHE_DIR_HELP = (
+    "Folder for split caches [default: $DIFFMM_CACHE_DIR, else .diffmm_splits/ next to the table]."
 )
 SPLIT_SEED_HELP = "Seed of the split of tables without a split column."
 FEATURES_HELP = (
@@ -40,12 +47,40 @@ OUT_DIR = click.Path(file_okay=False, path_type=Path)
 
 #: ``diffmm.data.split.SPLIT_METHODS`` and ``diffmm.data.ref.DEFAULT_SPLIT_SEED``, repeated
 #: here so that the CLI starts without importing the data layer (a test keeps them equal).
-SPLIT_METHODS = ("random", "loo")
+SPLIT_METHODS = ("random", "loo", "temporal")
 DEFAULT_SPLIT_SEED = 2024
+#: The table options (``diffmm.data.options.TableOptions`` fields) and their flags.
+TABLE_OPTIONS = ("user_col", "item_col", "rating_col", "time_col", "min_rating", "k_core")
+
+
+def _bundle_table_options(fn: F) -> F:
+    """Pass the table options to ``fn`` as one ``table`` (a ``TableOptions``) argument."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        from diffmm.data.options import TableOptions
+        from diffmm.errors import DataError
+
+        given = {name: kwargs.pop(name) for name in TABLE_OPTIONS}
+        try:
+            kwargs["table"] = TableOptions(**given)
+        except DataError as err:
+            raise click.UsageError(str(err)) from None
+        return fn(*args, **kwargs)
+
+    return wrapper  # type: ignore[return-value]
 
 
 def split_options(fn: F) -> F:
-    """``--split``, ``--split-seed`` and ``--features``: how a dataset is split and extended."""
+    """How a dataset is split, extended and read: ``--split``, ``--split-seed``,
+    ``--features``, the table options (passed as one ``table`` argument) and ``--cache-dir``.
+    """
+    columns = [
+        ("--user-col", "user", "user, user_id, userID"),
+        ("--item-col", "item", "item, item_id, itemID"),
+        ("--rating-col", "rating", "rating, score, value, stars, preference"),
+        ("--time-col", "time", "timestamp, time, ts"),
+    ]
     options = [
         click.option(
             "--split",
@@ -67,7 +102,19 @@ def split_options(fn: F) -> F:
             default=None,
             help=FEATURES_HELP,
         ),
+        *(
+            click.option(flag, default=None, metavar="NAME", help=COL_HELP.format(role, names))
+            for flag, role, names in columns
+        ),
+        click.option("--min-rating", type=float, default=None, help=MIN_RATING_HELP),
+        click.option(
+            "--k-core", type=click.IntRange(min=1), default=None, metavar="N", help=K_CORE_HELP
+        ),
+        click.option(
+            "--cache-dir", type=click.Path(file_okay=False), default=None, help=CACHE_DIR_HELP
+        ),
     ]
+    fn = _bundle_table_options(fn)
     for option in reversed(options):
         fn = option(fn)
     return fn

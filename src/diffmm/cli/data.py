@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -28,7 +29,13 @@ def _old_seed_name(ctx: click.Context, param: click.Parameter, value: int | None
 )  # the former name of --split-seed
 @user_errors
 def data_stats(
-    path: str, split: str, split_seed: int, features: str | None, old_seed: int | None
+    path: str,
+    split: str,
+    split_seed: int,
+    features: str | None,
+    table: Any,
+    cache_dir: str | None,
+    old_seed: int | None,
 ) -> None:
     """Users, items, interactions per split, density, features, cold users/items."""
     from diffmm.data import dataset_stats, format_stats, load_dataset
@@ -39,7 +46,9 @@ def data_stats(
         if source == click.core.ParameterSource.COMMANDLINE and old_seed != split_seed:
             raise ConfigError("--seed is the old name of --split-seed: give only --split-seed")
         split_seed = old_seed
-    dataset = load_dataset(path, split=split, seed=split_seed, features=features)
+    dataset = load_dataset(
+        path, split=split, seed=split_seed, features=features, table=table, cache_dir=cache_dir
+    )
     click.echo(format_stats(dataset_stats(dataset)))
 
 

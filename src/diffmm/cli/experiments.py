@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -53,6 +54,8 @@ def benchmark(
     split: str,
     split_seed: int,
     features: str | None,
+    table: Any,
+    cache_dir: str | None,
     groups: str,
     no_plots: bool,
 ) -> None:
@@ -69,6 +72,8 @@ def benchmark(
         split=split,
         split_seed=split_seed,
         features=absolute_features(features),
+        table=table,
+        cache_dir=absolute_features(cache_dir),
     )
     table = run_benchmark(
         spec,
@@ -108,6 +113,8 @@ def sweep(
     split: str,
     split_seed: int,
     features: str | None,
+    table: Any,
+    cache_dir: str | None,
 ) -> None:
     """Train a model over a grid of settings; choose on validation, report test too."""
     from diffmm.experiments import BenchmarkSpec, parse_grid, run_sweep
@@ -121,6 +128,8 @@ def sweep(
         split=split,
         split_seed=split_seed,
         features=absolute_features(features),
+        table=table,
+        cache_dir=absolute_features(cache_dir),
     )
     spec.validate()
     run_sweep(spec, parse_grid(grid), out, log=lambda line: click.echo(line, err=True))

@@ -1,5 +1,12 @@
 """The DiffMM authors' folder: ``trnMat/valMat/tstMat.pkl`` and ``<modality>_feat.npy``.
 
+The three split matrices may also be named as other repositories ship them (one name of
+each role, see :data:`AUTHOR_NAMES`): train ``trnMat.pkl`` or ``<name>_train.pkl``;
+valid ``valMat.pkl``, ``vldMat.pkl``, ``<name>_valid.pkl`` or ``<name>_val.pkl``; test
+``tstMat.pkl`` or ``<name>_test.pkl``. A matrix with fewer rows or columns than the others
+(its last users/items never appear in that split) is padded with empty ones, with a
+warning; one larger than both others is refused.
+
 The pickles are read with :class:`RestrictedUnpickler`, which admits only what pickles of
 numpy arrays and scipy.sparse matrices need, for every pickle protocol (0 to 5):
 
@@ -20,6 +27,7 @@ from __future__ import annotations
 
 import copyreg
 import pickle
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +40,12 @@ from diffmm.data.feature_files import feat_files, load_feat_files
 from diffmm.errors import DataError
 
 AUTHOR_FILES = ("trnMat.pkl", "valMat.pkl", "tstMat.pkl")
+#: The accepted file names of each split matrix, first choice first (``*`` = any name).
+AUTHOR_NAMES = {
+    "train": ("trnMat.pkl", "*_train.pkl"),
+    "valid": ("valMat.pkl", "vldMat.pkl", "*_valid.pkl", "*_val.pkl"),
+    "test": ("tstMat.pkl", "*_test.pkl"),
+}
 
 
 def _sparse_classes() -> dict[str, type]:
@@ -176,18 +190,74 @@ def load_sparse_pickle(path: Path) -> sp.spmatrix:
     return obj
 
 
-def load_authors(directory: str | Path, *, name: str | None = None) -> Dataset:
-    """Load the DiffMM authors' folder: ``trnMat/valMat/tstMat.pkl`` + ``*_feat.npy``."""
-    d = Path(directory)
-    mats = [load_sparse_pickle(d / f) for f in AUTHOR_FILES]
-    shapes = [m.shape for m in mats]
-    if len(set(shapes)) != 1:
-        listed = ", ".join(f"{f} {s}" for f, s in zip(AUTHOR_FILES, shapes, strict=True))
+def is_author_file(path: Path) -> bool:
+    """Whether ``path``'s name is one of the accepted split-matrix names."""
+    return any(path.match(pattern) for names in AUTHOR_NAMES.values() for pattern in names)
+
+
+def is_authors_dir(directory: Path) -> bool:
+    """Whether ``directory`` holds a train matrix under one of the accepted names."""
+    return any(any(directory.glob(pattern)) for pattern in AUTHOR_NAMES["train"])
+
+
+def author_files(directory: Path) -> list[Path]:
+    """The train, valid and test matrix files of an authors' folder.
+
+    DataError when a role has no file (naming the names looked for) or several.
+    """
+    out = []
+    for role, patterns in AUTHOR_NAMES.items():
+        found = sorted({f for pattern in patterns for f in directory.glob(pattern) if f.is_file()})
+        if len(found) > 1:
+            raise DataError(
+                f"{directory}: several {role} matrices ({', '.join(f.name for f in found)}); "
+                "keep one of them"
+            )
+        if not found:
+            looked = ", ".join(p.replace("*", "<name>") for p in patterns[1:])
+            raise DataError(
+                f"{directory / patterns[0]}: file not found (also looked for {looked}); the "
+                f"authors' format needs a train, a valid and a test matrix ({AUTHOR_FILES})"
+            )
+        out.append(found[0])
+    return out
+
+
+def _common_shape(files: list[Path], mats: list[sp.spmatrix], d: Path) -> tuple[int, int]:
+    """The shape the matrices are padded to; DataError if one is larger than both others."""
+    shapes = np.array([m.shape for m in mats])
+    target = shapes.max(axis=0)
+    if ((shapes == target).sum(axis=0) < 2).any():
+        listed = ", ".join(f"{f.name} {m.shape}" for f, m in zip(files, mats, strict=True))
         raise DataError(
-            f"{d}: the split matrices have different shapes ({listed}); "
-            "they must all be (users, items)"
+            f"{d}: the split matrices have different shapes ({listed}), one larger than "
+            "both others; they must all be (users, items) - a narrower one is padded, a "
+            "wider one is not"
         )
-    n_users, n_items = shapes[0]
+    return int(target[0]), int(target[1])
+
+
+def _pad(path: Path, mat: sp.spmatrix, shape: tuple[int, int]) -> sp.spmatrix:
+    if mat.shape == shape:
+        return mat
+    warnings.warn(
+        f"{path}: shape {mat.shape} is smaller than the other split matrices' {shape}; padded "
+        f"with {shape[0] - mat.shape[0]} empty row(s) and {shape[1] - mat.shape[1]} empty "
+        "column(s) (those users/items have no interactions in this split)",
+        stacklevel=3,
+    )
+    coo = mat.tocoo()
+    return sp.coo_matrix((coo.data, (coo.row, coo.col)), shape=shape)
+
+
+def load_authors(directory: str | Path, *, name: str | None = None) -> Dataset:
+    """Load the DiffMM authors' folder: the three split pickles + ``*_feat.npy``."""
+    d = Path(directory)
+    files = author_files(d)
+    mats = [load_sparse_pickle(f) for f in files]
+    shape = _common_shape(files, mats, d)
+    mats = [_pad(f, m, shape) for f, m in zip(files, mats, strict=True)]
+    n_users, n_items = shape
     feats = load_feat_files(feat_files(d), n_items)
     return build_dataset(
         name or d.resolve().name, n_users, n_items, *mats, features=feats, source=str(d)

@@ -26,6 +26,7 @@ USER_COLS = ("user", "user_id", "userid")
 ITEM_COLS = ("item", "item_id", "itemid")
 SPLIT_COLS = ("split", "x_label")
 TIME_COLS = ("timestamp", "time", "ts")
+RATING_COLS = ("rating", "score", "value", "stars", "preference")
 SPLIT_VALUES = {
     "train": 0, "trn": 0, "0": 0,
     "valid": 1, "val": 1, "validation": 1, "1": 1,
@@ -116,6 +117,26 @@ def require_cols(df: pd.DataFrame, path: Path, *groups: tuple[str, ...]) -> list
             )
         cols.append(col)
     return cols
+
+
+def named_col(
+    df: pd.DataFrame, path: Path, name: str | None, names: tuple[str, ...], flag: str
+) -> str | None:
+    """The column ``name`` (given with ``flag``), else the one of ``names``; None if absent.
+
+    A name given is matched like the accepted ones (case-insensitive, ``:type`` ignored);
+    a DataError names the columns found when it is not there.
+    """
+    if name is None:
+        return find_col(df, names, path)
+    if name in df.columns:
+        return name
+    col = find_col(df, (clean_name(name),), path)
+    if col is None:
+        raise DataError(
+            f"{path}: no column {name!r} ({flag}); columns found: {', '.join(map(str, df.columns))}"
+        )
+    return col
 
 
 def split_codes(values: pd.Series, path: Path) -> np.ndarray:

@@ -13,6 +13,9 @@ Accepted formats (``load_dataset`` autodetects them):
    protocol, loaded with a restricted unpickler that admits only numpy/scipy.sparse
    classes; stored values must be finite and not negative) and optional
    ``<modality>_feat.npy`` item features (``image_feat.npy`` -> modality ``"image"``).
+   Other names accepted: ``vldMat.pkl``, ``<name>_train.pkl``, ``<name>_valid.pkl``,
+   ``<name>_val.pkl``, ``<name>_test.pkl`` (see :mod:`~diffmm.data.authors`); a matrix
+   narrower than the others is padded with a warning.
 3. **MMRec**: a ``<name>.inter`` file (or a directory holding one), tab-separated with a
    header containing ``userID``, ``itemID`` and ``x_label`` (0/1/2 = train/valid/test;
    other columns ignored, but not a second split column). Ids are 0-based indices (ids
@@ -26,7 +29,12 @@ Accepted formats (``load_dataset`` autodetects them):
 
    * user: ``user``, ``user_id`` or ``userID``; item: ``item``, ``item_id`` or ``itemID``;
    * optional split: ``split`` (train/valid/test or 0/1/2) or ``x_label`` (0/1/2), not both;
-   * optional ``timestamp`` (used by the leave-one-out split).
+   * optional time: ``timestamp``, ``time`` or ``ts`` (used by the ``loo`` and
+     ``temporal`` splits); optional rating: ``rating``, ``score``, ``value``, ``stars`` or
+     ``preference`` (used by ``min_rating``);
+   * other names, and filters applied before the split (``min_rating``, ``k_core``):
+     :class:`~diffmm.data.options.TableOptions` (CLI ``--user-col``, ``--item-col``,
+     ``--rating-col``, ``--time-col``, ``--min-rating``, ``--k-core``).
 
    Raw ids may be any strings or integers (trimmed of surrounding spaces); they are mapped
    to indices in sorted order (kept as ``user_ids``/``item_ids``). Without a split column
@@ -49,7 +57,15 @@ from typing import Any
 
 import numpy as np
 
-from diffmm.data.authors import AUTHOR_FILES, RestrictedUnpickler, load_authors, load_sparse_pickle
+from diffmm.data.authors import (
+    AUTHOR_FILES,
+    AUTHOR_NAMES,
+    RestrictedUnpickler,
+    is_author_file,
+    is_authors_dir,
+    load_authors,
+    load_sparse_pickle,
+)
 from diffmm.data.columns import (
     ITEM_COLS,
     SPLIT_COLS,
@@ -64,6 +80,7 @@ from diffmm.data.columns import find_col as _find_col
 from diffmm.data.dataset import Dataset
 from diffmm.data.feature_files import MODALITY_ORDER, features_from_dir, load_npy
 from diffmm.data.mmrec import has_x_label, load_mmrec
+from diffmm.data.options import TableOptions
 from diffmm.data.split import SPLIT_METHODS
 from diffmm.data.synthetic import is_synthetic_spec
 from diffmm.data.table import load_table
@@ -84,15 +101,21 @@ def load_dataset(
     seed: int = 2024,
     name: str | None = None,
     features: str | Path | None = None,
+    table: TableOptions | None = None,
+    cache_dir: str | Path | None = None,
 ) -> Dataset:
     """Load a dataset from ``path``, detecting its format (see the module docstring).
 
-    ``split`` ("random" or "loo") and ``seed`` are used only for tables without a split
-    column. ``name`` defaults to the file or directory name. ``features`` is a folder of
-    ``<modality>.features.{csv,tsv,parquet,npz}`` files keyed by item id (e.g. written
-    by ``diffmm features``), added to the dataset's own modalities.
+    ``split`` ("random", "loo" or "temporal") and ``seed`` are used only for tables
+    without a split column. ``name`` defaults to the file or directory name. ``features``
+    is a folder of ``<modality>.features.{csv,tsv,parquet,npz}`` files keyed by item id
+    (e.g. written by ``diffmm features``), added to the dataset's own modalities.
+    ``table`` names a table's columns and filters its rows
+    (:class:`~diffmm.data.options.TableOptions`; tables only); ``cache_dir`` moves the
+    split cache (default: ``$DIFFMM_CACHE_DIR``, else next to the table; see
+    :mod:`diffmm.data.split`).
     """
-    ds = _load_any(path, split, seed, name)
+    ds = _load_any(path, split, seed, name, _Table(table or TableOptions(), cache_dir))
     if features is not None:
         directory = Path(features).expanduser()
         if not directory.is_dir():
@@ -112,30 +135,54 @@ def load_dataset(
     return ds
 
 
-def _load_any(path: str | Path, split: str, seed: int, name: str | None) -> Dataset:
+class _Table:
+    """The table options and split cache folder, passed on to the table loader."""
+
+    def __init__(self, options: TableOptions, cache_dir: str | Path | None) -> None:
+        self.options, self.cache_dir = options, cache_dir
+
+    def load(self, p: Path, split: str, seed: int, name: str | None) -> Dataset:
+        return load_table(
+            p, split=split, seed=seed, name=name, options=self.options, cache_dir=self.cache_dir
+        )
+
+    def not_a_table(self, where: str, kind: str) -> None:
+        """DataError when table options were given for data that are not a table."""
+        if not self.options.is_default:
+            raise DataError(
+                f"{where}: {self.options.describe()} apply only to tables "
+                f"(csv/tsv/parquet/.inter without x_label), not to {kind}; drop them"
+            )
+
+
+def _load_any(path: str | Path, split: str, seed: int, name: str | None, table: _Table) -> Dataset:
     if split not in SPLIT_METHODS:
         raise DataError(f"unknown split method {split!r}; use one of {SPLIT_METHODS}")
     if isinstance(path, str) and is_synthetic_spec(path):
+        table.not_a_table(path, "synthetic data")
         return _load_synthetic(path, name)
     p = Path(path).expanduser()
     if not p.exists():
         raise DataError(f"{p}: no such file or directory; {ACCEPTED}")
     if p.is_dir():
-        return _load_dir(p, split, seed, name)
+        return _load_dir(p, split, seed, name, table)
     suffix = p.suffix.lower()
     if suffix == ".inter":
         if has_x_label(p):
+            table.not_a_table(str(p), "a MMRec file (it has x_label)")
             return load_mmrec(p, name=name)
-        return load_table(p, split=split, seed=seed, name=name)
+        return table.load(p, split, seed, name)
     if suffix in TABLE_SUFFIXES:
-        return load_table(p, split=split, seed=seed, name=name)
-    if p.name in AUTHOR_FILES:
+        return table.load(p, split, seed, name)
+    if is_author_file(p):
+        table.not_a_table(str(p.parent), "the authors' folder")
         return load_authors(p.parent, name=name)
     raise DataError(f"{p}: unrecognised dataset file; {ACCEPTED}")
 
 
-def _load_dir(p: Path, split: str, seed: int, name: str | None) -> Dataset:
-    if (p / "trnMat.pkl").exists():
+def _load_dir(p: Path, split: str, seed: int, name: str | None, table: _Table) -> Dataset:
+    if is_authors_dir(p):
+        table.not_a_table(str(p), "the authors' folder")
         return load_authors(p, name=name)
     inters = sorted(p.glob("*.inter"))
     if len(inters) > 1:
@@ -145,9 +192,9 @@ def _load_dir(p: Path, split: str, seed: int, name: str | None) -> Dataset:
         )
     tables = [p / f"interactions{s}" for s in TABLE_SUFFIXES if (p / f"interactions{s}").exists()]
     if inters and not tables:
-        return load_dataset(inters[0], split=split, seed=seed, name=name or p.name)
+        return _load_any(inters[0], split, seed, name or p.name, table)
     if len(tables) == 1 and not inters:
-        return load_table(tables[0], split=split, seed=seed, name=name or p.name)
+        return table.load(tables[0], split, seed, name or p.name)
     if tables:
         found = ", ".join(f.name for f in [*inters, *tables])
         raise DataError(f"{p}: holds several interaction files ({found}); pass one of them")
@@ -184,11 +231,13 @@ def _load_synthetic(spec: str, name: str | None) -> Dataset:
 __all__ = [
     "ACCEPTED",
     "AUTHOR_FILES",
+    "AUTHOR_NAMES",
     "ITEM_COLS",
     "MODALITY_ORDER",
     "SPLIT_COLS",
     "SPLIT_VALUES",
     "TABLE_SUFFIXES",
+    "TableOptions",
     "TIME_COLS",
     "USER_COLS",
     "RestrictedUnpickler",

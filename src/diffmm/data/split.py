@@ -1,19 +1,28 @@
 """Per-user splits of unsplit interactions, and their on-disk cache.
 
-Two methods, both vectorised (no Python loop over users):
+Three methods, all vectorised (no Python loop over users); users with fewer than 3
+interactions keep them all in train:
 
 * ``"random"``: each user's interactions are shuffled (seeded) and split 8:1:1
-  (``round(0.1 n)`` valid and test items, at least one each); users with fewer than
-  3 interactions keep them all in train.
-* ``"loo"`` (leave-one-out): each user's last interaction (by timestamp when given,
-  else a seeded random one) goes to test, the one before to valid; users with fewer
-  than 3 interactions keep them all in train. Timestamp ties are broken at random.
+  (``round(0.1 n)`` valid and test items, at least one each).
+* ``"loo"`` (leave-one-out): each user's last interaction goes to test, the one before
+  to valid. "Last" is by timestamp when the table has a time column, else a seeded
+  random one; timestamp ties are broken at random (seeded).
+* ``"temporal"`` (leave-last-out by time): like ``"loo"`` but it needs a time column
+  (refused without one) and breaks ties deterministically: of two interactions with the
+  same timestamp, the one whose row comes later in the table is the later one. The seed
+  plays no part.
 
-A split computed for a table file is saved (atomically) as CSV with columns
-``user,item,split`` (raw ids, split names) at
-``<table_dir>/.diffmm_splits/<stem>.<method>-<seed>.csv``, with a ``.json`` sidecar
-holding the source file's sha256. It is reused while the source file is unchanged.
-If the table's directory is not writable the cache goes to ``~/.cache/diffmm/splits/``.
+The split cache. A split computed for a table file is saved (atomically) as CSV with
+columns ``user,item,split`` (raw ids, split names), with a ``.json`` sidecar holding the
+source file's sha256; it is reused while the source file is unchanged (and recomputed,
+identically, when it is missing). By default it goes into a hidden folder next to the
+data: ``<table_dir>/.diffmm_splits/<stem>.<method>-<seed>[.opts-<hash>].csv``, where the
+``opts-<hash>`` part names the table options (``--min-rating``, ``--k-core``, column
+names) of a filtered table. ``--cache-dir DIR`` (``cache_dir=`` in Python), or else the
+environment variable ``DIFFMM_CACHE_DIR``, moves it to ``DIR/<stem>-<hash of the table's
+path>.<method>-<seed>[...].csv``. If that folder (or the table's) is not writable the
+cache goes to ``~/.cache/diffmm/splits/``; if none is, the split is not saved.
 """
 
 from __future__ import annotations
@@ -33,7 +42,8 @@ from diffmm.utils import atomic_write, atomic_write_json
 
 log = logging.getLogger("diffmm.data")
 
-SPLIT_METHODS = ("random", "loo")
+SPLIT_METHODS = ("random", "loo", "temporal")
+CACHE_ENV = "DIFFMM_CACHE_DIR"
 SPLIT_NAMES = ("train", "valid", "test")
 TRAIN, VALID, TEST = 0, 1, 2
 MIN_INTERACTIONS = 3
@@ -55,14 +65,18 @@ def split_labels(
     seed: int = 2024,
     timestamps: np.ndarray | None = None,
     ratios: tuple[float, float, float] = (0.8, 0.1, 0.1),
+    order: np.ndarray | None = None,
 ) -> np.ndarray:
     """Split label (0 train, 1 valid, 2 test) of each interaction, per user.
 
     ``users`` holds the user index of each (unique) interaction; ``timestamps`` (same
-    length) orders them for ``method="loo"``.
+    length) orders them for ``method="loo"`` and ``"temporal"`` (required there);
+    ``order`` breaks ``"temporal"`` ties (larger = later; default: position).
     """
     if method not in SPLIT_METHODS:
         raise DataError(f"unknown split method {method!r}; use one of {SPLIT_METHODS}")
+    if method == "temporal" and timestamps is None:
+        raise DataError("the temporal split needs a timestamp per interaction")
     users = np.asarray(users, dtype=np.int64)
     labels = np.zeros(len(users), dtype=np.int8)
     if len(users) == 0:
@@ -71,8 +85,10 @@ def split_labels(
     noise = rng.random(len(users))
     n_u = np.bincount(users)[users]
     eligible = n_u >= MIN_INTERACTIONS
-    if method == "loo":
+    if method in ("loo", "temporal"):
         key = np.zeros(len(users)) if timestamps is None else np.asarray(timestamps, float)
+        if method == "temporal":
+            noise = np.arange(len(users)) if order is None else np.asarray(order)
         from_end = n_u - 1 - _ranks(users, key, noise)
         labels[eligible & (from_end == 0)] = TEST
         labels[eligible & (from_end == 1)] = VALID
@@ -94,13 +110,33 @@ def file_sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def cache_paths(table: Path, method: str, seed: int) -> list[Path]:
-    """Where the split of ``table`` is cached: next to it, else in the user cache."""
+def cache_dir_of(cache_dir: str | Path | None) -> Path | None:
+    """The chosen cache folder: ``cache_dir``, else ``$DIFFMM_CACHE_DIR``, else None."""
+    chosen = cache_dir if cache_dir is not None else os.environ.get(CACHE_ENV) or None
+    return None if chosen is None else Path(chosen).expanduser().resolve()
+
+
+def cache_dirs(table: Path, cache_dir: str | Path | None = None) -> list[Path]:
+    """The folders a split of ``table`` is cached in, first choice first."""
+    chosen = cache_dir_of(cache_dir)
+    first = chosen if chosen is not None else table.resolve().parent / ".diffmm_splits"
+    return [first, Path.home() / ".cache" / "diffmm" / "splits"]
+
+
+def cache_paths(
+    table: Path, method: str, seed: int, tag: str = "", cache_dir: str | Path | None = None
+) -> list[Path]:
+    """Where the split of ``table`` is cached (see the module docstring), in order.
+
+    ``tag`` names the table options of a filtered table ('' for none).
+    """
     table = table.resolve()
-    fname = f"{table.stem}.{method}-{seed}.csv"
-    tag = hashlib.sha256(str(table).encode()).hexdigest()[:8]
-    fallback = Path.home() / ".cache" / "diffmm" / "splits"
-    return [table.parent / ".diffmm_splits" / fname, fallback / f"{table.stem}-{tag}.{fname}"]
+    fname = f"{table.stem}.{method}-{seed}{'.' + tag if tag else ''}.csv"
+    path_tag = hashlib.sha256(str(table).encode()).hexdigest()[:8]
+    shared = f"{table.stem}-{path_tag}.{fname}"  # a shared folder: tables of many folders
+    first, fallback = cache_dirs(table, cache_dir)
+    own = first / (fname if cache_dir_of(cache_dir) is None else shared)
+    return [own, fallback / shared]
 
 
 def _writable(directory: Path) -> bool:
@@ -159,14 +195,17 @@ def cached_split(
     compute: Callable[[], np.ndarray],
     method: str,
     seed: int,
+    tag: str = "",
+    cache_dir: str | Path | None = None,
 ) -> tuple[np.ndarray, Path | None]:
     """Labels of a split of ``table``: read from the cache, else computed and saved.
 
     ``raw_users``/``raw_items`` are the raw ids of the (unique) interactions in the order
-    ``compute()`` labels them. Returns the labels and the cache file (None if unsaved).
+    ``compute()`` labels them; ``tag`` and ``cache_dir`` as in :func:`cache_paths`.
+    Returns the labels and the cache file (None if unsaved).
     """
     checksum = file_sha256(table)
-    paths = cache_paths(table, method, seed)
+    paths = cache_paths(table, method, seed, tag, cache_dir)
     for path in paths:
         if path.exists():
             labels = _read_cache(path, checksum, raw_users, raw_items)
