@@ -103,14 +103,15 @@ def test_the_data_commands_share_one_set_of_split_options():
         (param,) = (p for p in group.params if p.name == name)
         return param.opts, param.type.to_info_dict(), param.default, param.help
 
-    for name in ("split", "split_seed", "features"):
+    names = ("split", "split_seed", "features", "user_col", "item_col", "rating_col")
+    for name in (*names, "time_col", "min_rating", "k_core", "cache_dir"):
         first, *others = (option(command, name) for command in DATA_COMMANDS)
         assert all(other == first for other in others), name
     for command in DATA_COMMANDS:
         result = run(*command, "--help")
         assert result.exit_code == 0
         text = " ".join(result.output.split())  # unwrapped
-        assert "--split [random|loo]" in text and "--split-seed INTEGER RANGE" in text
+        assert "--split [random|loo|temporal]" in text and "--split-seed INTEGER RANGE" in text
         assert "Seed of the split of tables without a split column. [default: 2024;" in text
 
 
@@ -128,7 +129,7 @@ def test_an_unknown_split_method_is_a_usage_error_naming_the_choices(tmp_path):
         assert result.exit_code == 2, command
         assert "Usage:" in result.output and "Traceback" not in result.output
         assert "Invalid value for '--split'" in result.output
-        assert "'bogus' is not one of 'random', 'loo'" in result.output
+        assert "'bogus' is not one of 'random', 'loo', 'temporal'" in result.output
 
 
 def test_data_stats_splits_with_the_split_seed_given(tmp_path):
@@ -173,3 +174,55 @@ def test_python_m_diffmm_cli_runs_the_command():
         [sys.executable, "-m", "diffmm.cli", "--help"], capture_output=True, text=True, check=True
     )
     assert "Commands:" in out.stdout and "train" in out.stdout
+
+
+def test_evaluate_prints_the_runs_test_metrics(trained_run, tmp_path):
+    import shutil
+
+    summary = json.loads((trained_run / "summary.json").read_text())
+    result = run("evaluate", str(trained_run), "--ks", "10,20", "--json")
+    assert result.exit_code == 0, result.output
+    shown = json.loads(result.output)
+    assert shown["split"] == "test" and shown["epoch"] == summary["best_epoch"]
+    for key in ("recall@10", "recall@20", "ndcg@20", "precision@10", "hit@10", "n_users"):
+        assert shown[key] == summary["test"][key]
+    # an interrupted run (best.pt, no summary.json) is scored too: same model, same table
+    unfinished = tmp_path / "unfinished"
+    shutil.copytree(trained_run, unfinished)
+    (unfinished / "summary.json").unlink()
+    table = run(
+        "evaluate", str(unfinished), "--split", "valid", "--ks", "20", "--metrics", "recall,mrr"
+    )
+    assert table.exit_code == 0, table.output
+    lines = table.output.splitlines()
+    assert "on valid" in lines[0] and "run unfinished" in lines[0]
+    assert lines[1].split() == ["k", "recall", "mrr"]
+    assert lines[2].split()[0] == "20"
+    assert float(lines[2].split()[1]) == round(summary["valid"]["recall@20"], 4)
+
+
+def test_evaluate_refuses_bad_cut_offs_and_metrics(trained_run):
+    for options, needle in (
+        (["--ks", "ten"], "--ks 'ten': give positive integers"),
+        (["--ks", "0,10"], "--ks '0,10': give positive integers"),
+        (["--metrics", "recall,auc"], "unknown metric(s) ['auc']"),
+    ):
+        result = run("evaluate", str(trained_run), *options)
+        assert result.exit_code == 2 and needle in result.output, result.output
+
+
+def test_export_writes_embeddings_and_top_k_together(trained_run, tmp_path):
+    import numpy as np
+
+    emb, top = tmp_path / "emb.npz", tmp_path / "top.csv"
+    result = run("export", str(trained_run), "--embeddings", str(emb), "--out", str(top), "-k", "2")
+    assert result.exit_code == 0, result.output
+    with np.load(emb) as npz:
+        assert npz["user_embeddings"].shape[0] == len(npz["user_ids"]) == 150
+        assert npz["item_embeddings"].dtype == np.float32
+    assert top.read_text().startswith("user,rank,item,score")
+    again = run("export", str(trained_run), "--embeddings", str(emb))
+    assert again.exit_code == 2 and "--force" in again.output
+    assert run("export", str(trained_run), "--embeddings", str(emb), "--force").exit_code == 0
+    nothing = run("export", str(trained_run))
+    assert nothing.exit_code == 2 and "give --out FILE" in nothing.output

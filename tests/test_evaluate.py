@@ -153,3 +153,78 @@ def test_cuda_matches_cpu(data):
     gpu = evaluate(lambda u: SCORES.cuda()[u], data, "test", ks=(1, 2, 5), device="cuda")
     for key in metric_names((1, 2, 5)):
         assert gpu[key] == pytest.approx(cpu[key])
+
+
+def test_mrr_map_and_coverage_by_hand(data):
+    res = evaluate(score_fn, data, "valid", ks=(1, 2, 3, 4), metrics=("mrr", "map", "coverage"))
+    assert set(res) == {f"{m}@{k}" for m in ("mrr", "map", "coverage") for k in (1, 2, 3, 4)} | {
+        "n_users"
+    }
+    # user 0: ranking 1, 2, 3, 4 (item 0 masked), held-out {2} at 0-based rank 1.
+    # user 1: ranking 3, 2, 1, 0 (item 4 masked), held-out {0, 1} at ranks 3 and 2.
+    assert res["mrr@1"] == 0.0
+    assert res["mrr@2"] == pytest.approx((1 / 2 + 0) / 2)
+    assert res["mrr@3"] == pytest.approx((1 / 2 + 1 / 3) / 2)
+    assert res["mrr@4"] == pytest.approx((1 / 2 + 1 / 3) / 2)  # only the first hit counts
+    # AP@K = sum over hit ranks r of precision@(r+1), / min(K, |held-out|)
+    assert res["map@1"] == 0.0
+    assert res["map@2"] == pytest.approx((1 / 2 + 0) / 2)
+    assert res["map@3"] == pytest.approx((1 / 2 + (1 / 3) / 2) / 2)
+    assert res["map@4"] == pytest.approx((1 / 2 + (1 / 3 + 2 / 4) / 2) / 2)
+    # coverage: top-1 {1} and {3}; top-2 adds item 2; top-4 adds items 4 and 0
+    assert res["coverage@1"] == pytest.approx(2 / 5)
+    assert res["coverage@2"] == pytest.approx(3 / 5)
+    assert res["coverage@3"] == pytest.approx(3 / 5)  # {1, 2, 3} for both users
+    assert res["coverage@4"] == pytest.approx(1.0)
+
+
+def test_mrr_and_map_per_user_on_test(data):
+    res = evaluate(score_fn, data, "test", ks=(5,), metrics=["mrr", "map"], per_user=True)
+    # user 0's test item 1 is ranked first; user 2's item 2 last (0-based 4) of 5
+    np.testing.assert_allclose(res["per_user"]["mrr@5"], [1.0, 1 / 5])
+    np.testing.assert_allclose(res["per_user"]["map@5"], [1.0, 1 / 5])
+    assert res["mrr@5"] == pytest.approx(0.6)
+
+
+def test_map_is_one_when_the_held_out_items_fill_the_top():
+    # 2 held-out items, K=3: AP = (1/1 + 2/2) / min(3, 2) = 1
+    data = make_dataset([[0, 0, 0, 0]], [[1, 1, 0, 0]])
+    scores = torch.tensor([[4.0, 3.0, 2.0, 1.0]])
+    res = evaluate(lambda u: scores[u], data, "valid", ks=(1, 3), metrics=("map", "recall"))
+    assert res["map@3"] == pytest.approx(1.0)
+    assert res["map@1"] == pytest.approx(1.0)  # / min(1, 2)
+    assert res["recall@1"] == pytest.approx(0.5)
+
+
+def test_coverage_skips_masked_items_that_fill_a_short_list():
+    # one user with 3 items: item 0 is in train (masked), so its top 3 has only 2 items
+    data = make_dataset([[1, 0, 0]], [[0, 1, 0]])
+    scores = torch.tensor([[9.0, 1.0, 0.0]])
+    res = evaluate(lambda u: scores[u], data, "valid", ks=(1, 3), metrics=("coverage",))
+    assert res["coverage@1"] == pytest.approx(1 / 3)
+    assert res["coverage@3"] == pytest.approx(2 / 3)
+
+
+def test_new_metrics_do_not_change_the_default_output_and_are_batch_invariant():
+    rng = np.random.default_rng(2)
+    train = rng.random((29, 17)) < 0.2
+    data = make_dataset(train, (rng.random((29, 17)) < 0.2) & ~train)
+    scores = torch.from_numpy(rng.standard_normal((29, 17)).astype(np.float32))
+    default = evaluate(lambda u: scores[u], data, "valid", ks=(3, 10))
+    assert list(default) == [*metric_names((3, 10)), "n_users"]
+    every = ("recall", "ndcg", "precision", "hit", "mrr", "map", "coverage")
+    ref = evaluate(lambda u: scores[u], data, "valid", ks=(3, 10), metrics=every)
+    for key in metric_names((3, 10)):
+        assert ref[key] == default[key]
+    for bs in (1, 5):
+        res = evaluate(lambda u: scores[u], data, "valid", ks=(3, 10), metrics=every, batch_size=bs)
+        for key in metric_names((3, 10), every):
+            assert res[key] == pytest.approx(ref[key], abs=1e-12)
+
+
+def test_an_unknown_metric_is_refused():
+    from diffmm.errors import ConfigError
+
+    data = make_dataset([[1, 0]], [[0, 1]])
+    with pytest.raises(ConfigError, match="unknown metric.*'auc'.*mrr"):
+        evaluate(lambda u: torch.zeros(len(u), 2), data, "valid", metrics=("recall", "auc"))

@@ -115,3 +115,90 @@ def test_export_refuses_an_unknown_format_and_writes_nothing(rec, tmp_path):
     with pytest.raises(ConfigError, match="unsupported output format"):
         export_top_k(rec, tmp_path / "top.xlsx", k=3, progress=False)
     assert not list(tmp_path.iterdir())
+
+
+def test_evaluate_scores_the_best_model_as_training_did(rec, trained_run):
+    summary = __import__("json").loads((trained_run / "summary.json").read_text())
+    test = rec.evaluate("test", ks=(10, 20))
+    for key in ("recall@10", "recall@20", "ndcg@20", "precision@10", "hit@20", "n_users"):
+        assert test[key] == pytest.approx(summary["test"][key], abs=1e-12)
+    assert rec.evaluate("valid", ks=[20])["recall@20"] == pytest.approx(
+        summary["valid"]["recall@20"], abs=1e-12
+    )
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"split": "train"}, "split must be 'test' or 'valid'"),
+        ({"ks": (0, 10)}, "ks must be positive integers"),
+        ({"ks": ()}, "ks must be positive integers"),
+        ({"metrics": ("recall", "auc")}, "unknown metric"),
+    ],
+)
+def test_evaluate_refuses_bad_arguments(rec, kwargs, match):
+    with pytest.raises(ConfigError, match=match):
+        rec.evaluate(**kwargs)
+
+
+def test_an_unfinished_run_loads_and_evaluates(trained_run, tmp_path):
+    import shutil
+
+    run = tmp_path / "unfinished"
+    shutil.copytree(trained_run, run)
+    (run / "summary.json").unlink()
+    loaded = diffmm.load(run, device="cpu")
+    assert not loaded.metadata["finished"]
+    assert loaded.evaluate("test", ks=(20,))["recall@20"] == pytest.approx(
+        diffmm.load(trained_run, device="cpu").evaluate("test", ks=(20,))["recall@20"]
+    )
+
+
+def test_export_embeddings_npz_holds_ids_and_float32_vectors(rec, tmp_path):
+    from diffmm.export import export_embeddings
+
+    out = tmp_path / "emb.npz"
+    assert export_embeddings(rec, out) == rec.user_emb.shape[1]
+    with np.load(out) as npz:  # no pickle needed: plain arrays only
+        assert set(npz.files) == {"user_ids", "user_embeddings", "item_ids", "item_embeddings"}
+        users, items = npz["user_embeddings"], npz["item_embeddings"]
+        assert users.dtype == items.dtype == np.float32
+        np.testing.assert_array_equal(npz["user_ids"], rec.user_ids)
+        np.testing.assert_array_equal(npz["item_ids"], rec.item_ids)
+        item_ids = npz["item_ids"]
+    np.testing.assert_array_equal(users, rec.user_emb.numpy())
+    np.testing.assert_array_equal(items, rec.item_emb.numpy())
+    # the dot product of the vectors ranks items as the model does
+    ((best, _),) = rec.recommend_scored([4], k=3, exclude_seen=False)
+    assert item_ids[np.argsort(-(items @ users[4]))[:3]].tolist() == best
+
+
+def test_export_embeddings_parquet_has_one_row_per_user_and_item(rec, tmp_path):
+    from diffmm.export import export_embeddings
+
+    out = tmp_path / "emb.parquet"
+    export_embeddings(rec, out)
+    table = pd.read_parquet(out)
+    assert list(table.columns) == ["kind", "id", "embedding"]
+    assert (table["kind"] == "user").sum() == rec.n_users
+    assert (table["kind"] == "item").sum() == rec.n_items
+    item_rows = table[table["kind"] == "item"]
+    assert item_rows["id"].tolist() == rec.item_ids.tolist()
+    np.testing.assert_allclose(np.stack(item_rows["embedding"].to_numpy()), rec.item_emb.numpy())
+
+
+def test_export_embeddings_refuses_existing_files_and_the_runs_own(rec, trained_run, tmp_path):
+    from diffmm.export import export_embeddings
+
+    mine = tmp_path / "emb.npz"
+    mine.write_text("mine")
+    with pytest.raises(ConfigError, match="exists; replace it with overwrite=True"):
+        export_embeddings(rec, mine)
+    assert mine.read_text() == "mine"
+    export_embeddings(rec, mine, overwrite=True)
+    assert np.load(mine)["user_embeddings"].shape[0] == rec.n_users
+    with pytest.raises(ConfigError, match="part of the run"):
+        export_embeddings(rec, trained_run / "best.pt", overwrite=True)
+    with pytest.raises(ConfigError, match="unsupported embeddings format"):
+        export_embeddings(rec, tmp_path / "emb.csv")
+    assert not (tmp_path / "emb.csv").exists()

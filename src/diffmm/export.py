@@ -1,4 +1,6 @@
-"""Export every user's top-K recommendations to CSV/TSV or Parquet, in batches."""
+"""Export a trained run: every user's top-K recommendations (CSV/TSV or Parquet, in
+batches), or the final user and item representations (``.npz`` or Parquet) for a
+retrieval system."""
 
 from __future__ import annotations
 
@@ -16,6 +18,8 @@ from diffmm.inference import TrainedRecommender
 from diffmm.utils import atomic_write
 
 FORMATS = {".csv": ",", ".tsv": "\t", ".parquet": None}
+#: Formats of :func:`export_embeddings`.
+EMBEDDING_FORMATS = (".npz", ".parquet")
 
 
 def check_export_path(out: str | Path, run_dir: str | Path, overwrite: bool = False) -> None:
@@ -29,11 +33,14 @@ def check_export_path(out: str | Path, run_dir: str | Path, overwrite: bool = Fa
     for protected in RunDir(run_dir).protected_paths():
         if target == protected or protected in target.parents:
             raise ConfigError(
-                f"--out {out} is {'inside ' if target != protected else ''}{protected}, part "
+                f"{out} is {'inside ' if target != protected else ''}{protected}, part "
                 "of the run or of the data it was trained on; write somewhere else"
             )
     if out.exists() and not overwrite:
-        raise ConfigError(f"--out {out} exists; pass --force to replace it, or another --out")
+        raise ConfigError(
+            f"{out} exists; replace it with overwrite=True (--force on the command line), "
+            "or write somewhere else"
+        )
 
 
 def export_top_k(
@@ -58,15 +65,10 @@ def export_top_k(
     if suffix not in FORMATS:
         raise ConfigError(f"{out}: unsupported output format; use one of {', '.join(FORMATS)}")
     if batch_size < 1:
-        raise ConfigError(f"--batch-size must be at least 1, got {batch_size}")
+        raise ConfigError(f"batch_size must be at least 1, got {batch_size}")
     rec.check_k(k)
     if suffix == ".parquet":
-        try:
-            import pyarrow  # noqa: F401
-        except ImportError:
-            raise ConfigError(
-                "Parquet output needs pyarrow: pip install 'diffmm[parquet]', or write .csv"
-            ) from None
+        _require_pyarrow(".csv")
     count = 0
 
     def frames() -> Iterator[pd.DataFrame]:
@@ -108,3 +110,78 @@ def export_top_k(
 
     atomic_write(out, write)
     return count
+
+
+def _require_pyarrow(instead: str) -> None:
+    try:
+        import pyarrow  # noqa: F401
+    except ImportError:
+        raise ConfigError(
+            f"Parquet output needs pyarrow: pip install 'diffmm[parquet]', or write {instead}"
+        ) from None
+
+
+def _plain_ids(ids: np.ndarray) -> np.ndarray:
+    """Raw ids as integers or strings (never Python objects, which ``.npz`` would pickle)."""
+    ids = np.asarray(ids)
+    return ids.astype(str) if ids.dtype == object else ids
+
+
+def export_embeddings(rec: TrainedRecommender, out: str | Path, overwrite: bool = False) -> int:
+    """Write the final user and item representations of ``rec`` (float32); returns the dim.
+
+    A model scores user ``u`` and item ``i`` as the dot product of their rows, so the
+    vectors go straight into a maximum-inner-product index. Formats, by suffix:
+
+    * ``.npz``: arrays ``user_ids`` (n_users), ``user_embeddings`` (n_users, d),
+      ``item_ids`` (n_items) and ``item_embeddings`` (n_items, d); read with ``np.load``
+      (no pickle needed);
+    * ``.parquet``: one row per user and per item, columns ``kind`` ("user" or "item"),
+      ``id`` (the raw id; strings if users and items have ids of different types) and
+      ``embedding`` (a fixed-size list of float32).
+
+    The file appears atomically; the same rules as :func:`export_top_k` guard ``out``.
+    """
+    out = Path(out)
+    check_export_path(out, rec.metadata["run_dir"], overwrite)
+    suffix = out.suffix.lower()
+    if suffix not in EMBEDDING_FORMATS:
+        raise ConfigError(
+            f"{out}: unsupported embeddings format; use one of {', '.join(EMBEDDING_FORMATS)}"
+        )
+    users = rec.user_emb.detach().float().cpu().numpy()
+    items = rec.item_emb.detach().float().cpu().numpy()
+    user_ids, item_ids = _plain_ids(rec.user_ids), _plain_ids(rec.item_ids)
+    if suffix == ".npz":
+
+        def write(fh: BinaryIO) -> None:
+            np.savez(
+                fh,
+                user_ids=user_ids,
+                user_embeddings=users,
+                item_ids=item_ids,
+                item_embeddings=items,
+            )
+
+    else:
+        _require_pyarrow(".npz")
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        if user_ids.dtype.kind != item_ids.dtype.kind:
+            user_ids, item_ids = user_ids.astype(str), item_ids.astype(str)
+        dim = users.shape[1]
+        vectors = np.concatenate([users, items]).reshape(-1)
+        table = pa.table(
+            {
+                "kind": pa.array(["user"] * len(users) + ["item"] * len(items)),
+                "id": pa.array(np.concatenate([user_ids, item_ids]).tolist()),
+                "embedding": pa.FixedSizeListArray.from_arrays(pa.array(vectors), dim),
+            }
+        )
+
+        def write(fh: BinaryIO) -> None:
+            pq.write_table(table, fh)
+
+    atomic_write(out, write)
+    return int(users.shape[1])

@@ -3,6 +3,7 @@
     import diffmm
     rec = diffmm.load("runs/diffmm-tiktok")
     rec.recommend(["u1", "u2"], k=20)        # -> [[item id, ...], [item id, ...]]
+    rec.evaluate("test", ks=(10, 20))        # -> {"recall@10": ..., "n_users": ...}
 
 :func:`load` rebuilds the model from the run's configuration and data (checked against
 the data's fingerprint), loads ``best.pt`` and computes the final user and item
@@ -22,7 +23,7 @@ import torch
 from diffmm import checkpoint as ckpt
 from diffmm.data.dataset import Dataset, as_id_array, match_ids, preview
 from diffmm.errors import ConfigError, DataError, UnknownIdError
-from diffmm.evaluate import mask_items
+from diffmm.evaluate import check_metrics, evaluate, mask_items
 from diffmm.models import get_model_class
 from diffmm.models.base import Recommender
 from diffmm.utils import resolve_device
@@ -83,6 +84,48 @@ class TrainedRecommender:
             raise ConfigError(f"k must be an integer from 1 to {limit}, got {k!r}")
         return int(k)
 
+    # ------------------------------------------------------------------ evaluation
+    def evaluate(
+        self,
+        split: str = "test",
+        ks: Sequence[int] = (10, 20),
+        metrics: Sequence[str] | None = None,
+        batch_size: int = 1024,
+    ) -> dict[str, Any]:
+        """All-rank metrics of this model on ``split`` ("test" or "valid"), as training scores.
+
+        The protocol is the trainer's (:func:`diffmm.evaluate.evaluate`): every item is
+        ranked, the user's training items are masked, and for ``test`` the validation
+        items too. ``metrics`` are any of :data:`diffmm.evaluate.ALL_METRICS` (default
+        recall, ndcg, precision, hit). Returns ``{"recall@10": ..., "n_users": int}``.
+        """
+        if self.dataset is None:
+            raise DataError(
+                "this recommender holds no data to evaluate on; load it with "
+                "diffmm.load(run_dir) (or pass data=...)"
+            )
+        if split not in ("valid", "test"):
+            raise ConfigError(f"split must be 'test' or 'valid', got {split!r}")
+        ks = [ks] if isinstance(ks, int) else list(ks)
+        if not ks or not all(
+            isinstance(k, int | np.integer) and not isinstance(k, bool) and k >= 1 for k in ks
+        ):
+            raise ConfigError(f"ks must be positive integers (e.g. 10, 20), got {ks!r}")
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise ConfigError(f"batch_size must be a positive integer, got {batch_size!r}")
+        chosen = check_metrics(metrics)
+        embeddings = (self.user_emb, self.item_emb)
+        with torch.no_grad():
+            return evaluate(
+                lambda users: self.model.scores(users, embeddings),
+                self.dataset,
+                split,
+                ks=[int(k) for k in ks],
+                batch_size=batch_size,
+                device=self.device,
+                metrics=chosen,
+            )
+
     # ------------------------------------------------------------------ scoring
     def top_k(
         self, users: np.ndarray, k: int, exclude_seen: bool = True
@@ -140,20 +183,25 @@ class TrainedRecommender:
             yield self.user_ids[users], raw_items, scores
 
 
-def load(run_dir: str | Path, data: str | None = None, device: str = "auto") -> TrainedRecommender:
+def load(
+    run_dir: str | Path, data: str | Dataset | None = None, device: str = "auto"
+) -> TrainedRecommender:
     """Load the best model of a training run for inference.
 
+    Works on an unfinished run too (``best.pt`` written, no ``summary.json`` yet).
+
     Args:
-        run_dir: a directory written by ``diffmm train`` (``config.json``,
-            ``dataset.json``, ``ids.json``, ``best.pt``).
-        data: where the run's data are now, if they have moved (checked against the
-            run's fingerprint); default: where they were at training time.
+        run_dir: a directory written by :func:`diffmm.train` or ``diffmm train``
+            (``config.json``, ``dataset.json``, ``ids.json``, ``best.pt``).
+        data: where the run's data are now, if they have moved, or the :class:`Dataset`
+            itself (needed for a run trained on a ``Dataset`` object, whose directory
+            does not say where its data are); checked against the run's fingerprint.
+            Default: where they were at training time.
         device: "auto", "cpu" or "cuda[:i]".
     """
-    run = ckpt.RunDir(run_dir)
-    run.require_run()
+    run = open_run(run_dir)
     config = run.read_config()
-    dataset = run.load_data(moved_to=data)
+    dataset = run_data(run, data)
     user_ids, item_ids = run.read_ids(dataset.n_users, dataset.n_items)
     device_t = resolve_device(device)
     best = run.load(ckpt.BEST, map_location=device_t)
@@ -180,6 +228,33 @@ def load(run_dir: str | Path, data: str | None = None, device: str = "auto") -> 
     seen = _seen(dataset)
     del best
     return TrainedRecommender(model, seen, user_ids, item_ids, metadata, dataset)
+
+
+def open_run(run_dir: str | Path) -> ckpt.RunDir:
+    """The run in ``run_dir``; :class:`DataError` if there is none."""
+    run = ckpt.RunDir(run_dir)
+    written_by = "give a directory written by diffmm.train(out=...) or `diffmm train --out`"
+    if not run.path.is_dir():
+        raise DataError(f"{run.path}: no such run directory; {written_by}")
+    if not run.holds_run():
+        raise DataError(f"{run.path}: not a run directory (no {ckpt.CONFIG}); {written_by}")
+    return run
+
+
+def run_data(run: ckpt.RunDir, data: str | Path | Dataset | None = None) -> Dataset:
+    """The data of ``run``: ``data`` (a Dataset or where they are now) or its own reference."""
+    if isinstance(data, Dataset):
+        run.check_fingerprint(data)
+        return data
+    if data is None:
+        recorded = ckpt.read_json(run / ckpt.DATASET)
+        if isinstance(recorded, dict) and "load" in recorded and recorded["load"] is None:
+            raise DataError(
+                f"{run.path} was trained on a Dataset given in memory and does not say where "
+                "its data are; pass data=... (that Dataset, or the path of its data; --data "
+                "on the command line)"
+            )
+    return run.load_data(moved_to=None if data is None else str(data))
 
 
 def _seen(dataset: Dataset) -> sp.csr_matrix:

@@ -4,7 +4,8 @@
 * ``train``: ``train`` (and ``train --resume``);
 * ``experiments``: ``benchmark``, ``sweep``, ``report``, ``explain``;
 * ``data``: ``data stats``, ``features``;
-* ``inference``: ``recommend``, ``export``, ``serve``, ``demo``, ``models``, ``config``.
+* ``inference``: ``recommend``, ``evaluate``, ``export``, ``serve``, ``demo``, ``models``,
+  ``config``.
 
 Errors caused by the user's input (:class:`diffmm.errors.DiffMMError`) are printed as
 one message and exit with status 2, never as a traceback. Commands import torch only
@@ -42,6 +43,7 @@ for _command in (
     data.data,
     data.features,
     inference.recommend,
+    inference.evaluate,
     inference.export,
     inference.serve,
     inference.demo,

@@ -1,5 +1,5 @@
-"""Using trained runs and the built-in help: ``recommend``, ``export``, ``serve``, ``demo``,
-``models``, ``config``."""
+"""Using trained runs and the built-in help: ``recommend``, ``evaluate``, ``export``,
+``serve``, ``demo``, ``models``, ``config``."""
 
 from __future__ import annotations
 
@@ -47,38 +47,127 @@ def recommend(
 @click.command()
 @click.argument("run_dir", type=RUN_DIR)
 @click.option(
+    "--split",
+    default="test",
+    show_default=True,
+    type=click.Choice(["test", "valid"]),
+    help="The split to score (test masks the validation items too).",
+)
+@click.option("--ks", default="10,20", show_default=True, help="Comma-separated cut-offs.")
+@click.option(
+    "--metrics",
+    default="recall,ndcg,precision,hit",
+    show_default=True,
+    help="Comma-separated: recall, ndcg, precision, hit, mrr, map, coverage.",
+)
+@click.option("--data", default=None, help=MOVED_DATA_HELP)
+@click.option("--device", default="auto", show_default=True, help="auto, cpu or cuda[:i].")
+@click.option("--json", "as_json", is_flag=True, help="Print the metrics as JSON.")
+@user_errors
+def evaluate(
+    run_dir: Path,
+    split: str,
+    ks: str,
+    metrics: str,
+    data: str | None,
+    device: str,
+    as_json: bool,
+) -> None:
+    """Score a run's best model (best.pt) on the test or validation split, all-rank.
+
+    Works on an unfinished run too. The protocol is training's: each user's training
+    items are masked (and for test the validation items).
+    """
+    from diffmm.errors import ConfigError
+    from diffmm.inference import load
+
+    try:
+        cutoffs = [int(k) for k in ks.split(",") if k.strip()]
+    except ValueError:
+        raise ConfigError(f"--ks {ks!r}: give positive integers such as 10,20,50") from None
+    if not cutoffs or min(cutoffs) < 1:
+        raise ConfigError(f"--ks {ks!r}: give positive integers such as 10,20,50")
+    names = [m.strip() for m in metrics.split(",") if m.strip()]
+    rec = load(run_dir, data=data, device=device)
+    result = rec.evaluate(split, ks=cutoffs, metrics=names)
+    epoch = rec.metadata["epoch"]
+    if as_json:
+        click.echo(json.dumps({"split": split, "epoch": epoch, **result}, indent=2))
+        return
+    state = "" if rec.metadata["finished"] else ", run unfinished"
+    click.echo(
+        f"{rec.metadata['model']} on {split} ({result['n_users']} users, epoch {epoch}{state})"
+    )
+    chosen = list(dict.fromkeys(names))
+    click.echo(f"{'k':>6}" + "".join(f"{m:>11}" for m in chosen))
+    for k in sorted(set(cutoffs)):
+        click.echo(f"{k:>6}" + "".join(f"{result[f'{m}@{k}']:>11.4f}" for m in chosen))
+
+
+@click.command()
+@click.argument("run_dir", type=RUN_DIR)
+@click.option(
     "--out",
     "out",
-    required=True,
+    default=None,
     type=click.Path(dir_okay=False, path_type=Path),
-    help="Output file: .csv, .tsv or .parquet (columns user, rank, item, score).",
+    help="Top-K file: .csv, .tsv or .parquet (columns user, rank, item, score).",
+)
+@click.option(
+    "--embeddings",
+    "embeddings",
+    default=None,
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Embeddings file: .npz (user_ids, user_embeddings, item_ids, item_embeddings) or "
+    ".parquet (kind, id, embedding); float32, scored by dot product.",
 )
 @click.option("-k", "k", default=20, show_default=True, help="Items per user.")
 @click.option("--batch-size", default=1024, show_default=True, help="Users scored at a time.")
 @click.option("--include-seen", is_flag=True, help="Also recommend items already interacted with.")
 @click.option("--data", default=None, help=MOVED_DATA_HELP)
-@click.option("--force", is_flag=True, help="Replace --out if it exists (never the run's data).")
+@click.option(
+    "--force", is_flag=True, help="Replace the output files if they exist (never the run's data)."
+)
 @user_errors
 def export(
     run_dir: Path,
-    out: Path,
+    out: Path | None,
+    embeddings: Path | None,
     k: int,
     batch_size: int,
     include_seen: bool,
     data: str | None,
     force: bool,
 ) -> None:
-    """Write the top-K items of every user to a CSV or Parquet file."""
-    from diffmm.export import check_export_path, export_top_k
+    """Write every user's top-K items (--out) and/or the user and item embeddings
+    (--embeddings)."""
+    from diffmm.errors import ConfigError
+    from diffmm.export import check_export_path, export_embeddings, export_top_k
     from diffmm.inference import load
 
-    check_writable_path(out)
-    check_export_path(out, run_dir, overwrite=force)
+    outputs = [p for p in (out, embeddings) if p is not None]
+    if not outputs:
+        raise ConfigError("give --out FILE (top-K lists) and/or --embeddings FILE")
+    if out is not None and embeddings is not None and out.resolve() == embeddings.resolve():
+        raise ConfigError(f"--out and --embeddings name the same file {out}; give two files")
+    if batch_size < 1:
+        raise ConfigError(f"--batch-size must be at least 1, got {batch_size}")
+    for path in outputs:
+        check_writable_path(path)
+        check_export_path(path, run_dir, overwrite=force)
     rec = load(run_dir, data=data)
-    rows = export_top_k(
-        rec, out, k=k, batch_size=batch_size, exclude_seen=not include_seen, overwrite=force
-    )
-    click.echo(f"wrote {rows} rows ({rec.n_users} users, top {k}) to {out}", err=True)
+    if embeddings is not None:
+        dim = export_embeddings(rec, embeddings, overwrite=force)
+        click.echo(
+            f"wrote {rec.n_users} user and {rec.n_items} item embeddings (dim {dim}) to "
+            f"{embeddings}",
+            err=True,
+        )
+    if out is not None:
+        rows = export_top_k(
+            rec, out, k=k, batch_size=batch_size, exclude_seen=not include_seen, overwrite=force
+        )
+        click.echo(f"wrote {rows} rows ({rec.n_users} users, top {k}) to {out}", err=True)
 
 
 @click.command()
