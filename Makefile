@@ -8,11 +8,16 @@ STAMP  := $(VENV)/.installed
 .PHONY: demo test lint format clean
 
 $(STAMP): pyproject.toml
+	@echo "== creating the virtual environment $(VENV) (once)"
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	@echo "== upgrading pip"
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet torch==2.13.0
-	$(BIN)/pip install --quiet -e '.[dev]'
+	@echo "== installing torch==2.13.0 (CPU build, about 200 MB; a few minutes)"
+	$(BIN)/pip install --progress-bar on torch==2.13.0
+	@echo "== installing diffmm and its dependencies (numpy, scipy, pandas, FastAPI, ...)"
+	$(BIN)/pip install --progress-bar on -e '.[dev]'
 	touch $(STAMP)
+	@echo "== set-up done"
 
 demo: $(STAMP)
 	$(BIN)/diffmm demo
