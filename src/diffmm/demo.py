@@ -5,7 +5,8 @@ one item modality ("visual") is a noisy projection of the item factors and the o
 ("acoustic") is mostly noise, so a multi-modal model has something to learn from.
 Both models are trained under the project's protocol (selection on validation, test
 once) and the same budget: the same epoch limit, patience and learning rate (LightGCN's
-best of 0.005 and 0.02 on validation; see ``benchmarks/demo_timing.py``), so the
+best of 0.005 and 0.02 on validation; DiffMM's ``cl_anchor=main`` is its better anchor on
+validation too; see ``benchmarks/results/demo.md``), so the
 comparison says which model learns more from these data, not which one was stopped
 early. The demo prints their metrics side by side and DiffMM's picks for a few users.
 """
