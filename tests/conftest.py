@@ -20,7 +20,7 @@ def trained_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A finished LightGCN run directory on :data:`SERVE_DATA` (3 epochs)."""
     from diffmm.checkpoint import DataRef
     from diffmm.config import resolve_config
-    from diffmm.train import train
+    from diffmm.trainer import train
 
     run_dir = tmp_path_factory.mktemp("runs") / "lightgcn"
     config = resolve_config("lightgcn", overrides=["train.epochs=3", "train.progress=false"])

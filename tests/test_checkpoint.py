@@ -15,7 +15,7 @@ import torch
 from diffmm.checkpoint import DataRef, RunDir, load_checkpoint
 from diffmm.config import resolve_config
 from diffmm.errors import ConfigError, DataError
-from diffmm.train import train
+from diffmm.trainer import train
 from helpers import diffmm_command
 
 DATA = "synthetic:n_users=160,n_items=90,interactions_per_user=10"

@@ -263,7 +263,7 @@ def test_a_user_with_every_item_in_train_does_not_stop_training(recwarn):
     from diffmm.config import TrainConfig
     from diffmm.models.mf import MF
     from diffmm.models.mf import Config as MFConfig
-    from diffmm.train import Trainer
+    from diffmm.trainer import Trainer
 
     dense = np.zeros((6, 5), dtype=np.float32)
     dense[0] = 1

@@ -20,13 +20,13 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
-import diffmm.train as train_mod
+import diffmm.trainer as train_mod
 from diffmm import distributed
 from diffmm.config import RunConfig, resolve_config
 from diffmm.data.ref import DataRef
 from diffmm.errors import DiffMMError
 from diffmm.evaluate import evaluate as real_evaluate
-from diffmm.train import train
+from diffmm.trainer import train
 from helpers import free_port
 
 #: The tests that start processes take 10-40 s on 2 cores (importing torch, mostly).

@@ -15,7 +15,7 @@ from diffmm.cli import main
 from diffmm.config import resolve_config
 from diffmm.errors import ConfigError
 from diffmm.experiments import BenchmarkSpec, parse_grid, run_benchmark, run_sweep, sparsity_study
-from diffmm.train import train
+from diffmm.trainer import train
 
 pytest.importorskip("matplotlib", reason="reports need the [report] extra")
 DATA = "synthetic:n_users=120,n_items=90,interactions_per_user=12"

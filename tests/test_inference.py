@@ -12,7 +12,7 @@ from diffmm.checkpoint import DataRef
 from diffmm.config import resolve_config
 from diffmm.errors import ConfigError, DataError, UnknownIdError
 from diffmm.export import export_top_k
-from diffmm.train import train
+from diffmm.trainer import train
 from helpers import SERVE_DATA
 
 

@@ -20,7 +20,7 @@ from diffmm import utils
 from diffmm.checkpoint import DataRef, RunDir, RunLockedError, load_checkpoint
 from diffmm.config import resolve_config
 from diffmm.errors import ConfigError, DataError, DivergedError, WriteError
-from diffmm.train import train
+from diffmm.trainer import train
 from helpers import cli, diffmm_command
 
 DATA = "synthetic:n_users=60,n_items=40,interactions_per_user=8"
@@ -364,7 +364,7 @@ def test_errors_are_refused_as_diffmm_errors() -> None:
 def test_running_out_of_memory_is_one_line_and_leaves_no_run(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    import diffmm.train as train_mod
+    import diffmm.trainer as train_mod
 
     def too_big(name):
         raise MemoryError

@@ -10,14 +10,14 @@ from pathlib import Path
 import pytest
 import torch
 
-import diffmm.train as train_mod
+import diffmm.trainer as train_mod
 from diffmm.checkpoint import RunDir, load_checkpoint
 from diffmm.config import RunConfig, TrainConfig
 from diffmm.evaluate import evaluate as real_evaluate
 from diffmm.models.lightgcn import Config as LightGCNConfig
 from diffmm.models.mf import MF
 from diffmm.models.mf import Config as MFConfig
-from diffmm.train import Trainer, train
+from diffmm.trainer import Trainer, train
 from helpers import make_dataset, planted_dataset
 
 

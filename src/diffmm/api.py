@@ -124,7 +124,7 @@ def train(
     """
     from diffmm.config import resolve_config
     from diffmm.inference import open_run, run_data
-    from diffmm.train import train as run_training
+    from diffmm.trainer import train as run_training
 
     log = log or _stderr
     overrides = settings_overrides(model, settings)

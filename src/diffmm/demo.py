@@ -26,7 +26,7 @@ from diffmm.data.dataset import Dataset
 from diffmm.evaluate import top_k_items
 from diffmm.inference import load
 from diffmm.models.base import Recommender
-from diffmm.train import train
+from diffmm.trainer import train
 
 #: The budget both models get: at most this many epochs, early stopping after this many
 #: validations without improvement, one learning rate.

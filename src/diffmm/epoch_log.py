@@ -11,7 +11,7 @@ def metrics_text(metrics: dict[str, float], keys: list[str]) -> str:
 
 
 def epoch_line(record: dict[str, Any], metric: str) -> str:
-    """One epoch's log record (see :class:`diffmm.train.Trainer`) as one line: losses,
+    """One epoch's log record (see :class:`diffmm.trainer.Trainer`) as one line: losses,
     validation ``metric`` and NDCG at its cut-off (``*`` if improved), times."""
     parts = [f"epoch {record['epoch']:>3}"]
     parts.append(" ".join(f"{k} {v:.4f}" for k, v in record["losses"].items()))

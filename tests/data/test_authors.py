@@ -35,7 +35,7 @@ def test_loading_the_authors_format_and_training_code_leave_pandas_unimported(
     """pandas adds ~95 MB to a process; it is imported only to read tables."""
     d = write_authors(tmp_path / "tiny", features={"image": np.ones((5, 2))})
     code = (
-        "import sys; from diffmm.data import load_dataset; import diffmm.train, diffmm.inference;"
+        "import sys; from diffmm.data import load_dataset; import diffmm.trainer, diffmm.inference;"
         f" load_dataset({str(d)!r}); print('pandas' in sys.modules)"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

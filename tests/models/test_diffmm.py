@@ -228,7 +228,7 @@ def test_loss_equals_bpr_and_info_nce_written_out(cl_anchor, n_modalities):
 
 def _fit(name: str, dataset, overrides: list[str]) -> dict:
     from diffmm.config import resolve_config
-    from diffmm.train import train
+    from diffmm.trainer import train
 
     config = resolve_config(name, overrides=["train.progress=false", *overrides])
     return train(config, dataset, None, log=lambda _: None)
@@ -253,7 +253,7 @@ def test_recommender_loss_falls_during_training(tmp_path):
 
     from diffmm.config import resolve_config
     from diffmm.data import make_synthetic
-    from diffmm.train import train
+    from diffmm.trainer import train
 
     ds = make_synthetic(n_users=200, n_items=150, interactions_per_user=12, seed=2)
     config = resolve_config(

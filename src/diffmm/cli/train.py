@@ -75,7 +75,7 @@ def train(
     from diffmm.config import resolve_config
     from diffmm.distributed import launched_as_main
     from diffmm.errors import ConfigError
-    from diffmm.train import train as run_training
+    from diffmm.trainer import train as run_training
 
     if resume is not None:
         _refuse_split_options_on_resume(resume)
