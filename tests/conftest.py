@@ -25,7 +25,7 @@ def trained_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     run_dir = tmp_path_factory.mktemp("runs") / "lightgcn"
     config = resolve_config("lightgcn", overrides=["train.epochs=3", "train.progress=false"])
     ref = DataRef.of(SERVE_DATA, "random", config.train.seed)
-    train(config, ref.load(), run_dir, log=lambda _: None, data_ref=ref)
+    train(config, ref.load(), run_dir, data_ref=ref)
     return run_dir
 
 

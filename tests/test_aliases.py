@@ -104,7 +104,7 @@ def test_train_cli_accepts_an_authors_name(tmp_path):
 @pytest.mark.slow
 def test_sweep_grid_accepts_an_authors_name_and_labels_points_as_typed(tmp_path):
     spec = BenchmarkSpec(DATA, ["diffmm"], [421], sets=SMALL)
-    table = run_sweep(spec, parse_grid(["ssl_reg=0.1"]), tmp_path, log=lambda _: None)
+    table = run_sweep(spec, parse_grid(["ssl_reg=0.1"]), tmp_path)
     assert table["ssl_reg"].tolist() == ["0.1"]
     config = json.loads((tmp_path / "runs/ssl_reg=0.1-seed421/config.json").read_text())
     assert config["diffmm"]["cl_weight"] == 0.1

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import subprocess
 import sys
 from pathlib import Path
@@ -17,7 +18,7 @@ from diffmm.config import resolve_config
 from diffmm.errors import ConfigError, DataError
 
 TINY = "synthetic:n_users=60,n_items=40,interactions_per_user=8"
-QUIET = {"progress": False, "log": lambda _: None}
+QUIET = {"progress": False}
 
 
 @pytest.fixture(scope="module")
@@ -144,15 +145,30 @@ def test_resume_continues_with_the_runs_own_settings(tmp_path: Path) -> None:
         diffmm.train("mf", None, resume=True, **QUIET)
 
 
-def test_benchmark_returns_the_table(tmp_path: Path) -> None:
-    lines: list[str] = []
-    table = diffmm.benchmark(
-        TINY, "mf", seeds=1, out=tmp_path, epochs=1, plots=False, log=lines.append
-    )
+def test_benchmark_returns_the_table(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="diffmm")
+    table = diffmm.benchmark(TINY, "mf", seeds=1, out=tmp_path, epochs=1, plots=False)
     assert table["model"].tolist() == ["mf"] and table["seeds"].tolist() == [1]
     config = json.loads((tmp_path / "runs" / "mf-seed421" / "config.json").read_text())
     assert config["train"]["epochs"] == 1 and config["train"]["seed"] == 421
-    assert (tmp_path / "results.md").exists() and lines
+    assert (tmp_path / "results.md").exists()
+    (line,) = [r.getMessage() for r in caplog.records if r.name == "diffmm.experiments"]
+    assert line.startswith("diffmm train --model mf")
+
+
+def test_train_logs_its_lines_and_still_takes_the_deprecated_log_callback(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="diffmm")
+    handlers = list(logging.getLogger("diffmm").handlers)
+    lines: list[str] = []
+    with pytest.warns(DeprecationWarning, match="log= is deprecated"):
+        diffmm.train("mf", TINY, out=tmp_path / "run", epochs=2, progress=False, log=lines.append)
+    logged = [r.getMessage() for r in caplog.records if r.name == "diffmm.trainer"]
+    assert [line[:9] for line in logged[:2]] == ["epoch   1", "epoch   2"]
+    assert logged[-1].startswith("selected epoch")
+    assert lines == logged  # the callback got the same lines
+    assert logging.getLogger("diffmm").handlers == handlers  # the callback's handler went
 
 
 def test_benchmark_refuses_bad_arguments_before_running(tmp_path: Path) -> None:

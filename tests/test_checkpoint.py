@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import signal
 import subprocess
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -28,9 +31,12 @@ def _config(model: str = "diffmm", epochs: int = 4):
     return resolve_config(model, overrides=overrides)
 
 
-def _train(run_dir: Path, config, *, resume: bool = False, log=lambda _: None) -> dict:
+def _train(run_dir: Path, config, *, resume: bool = False, crash_after: int | None = None) -> dict:
+    """Train; with ``crash_after`` raise :class:`Crash` once that epoch's line is logged
+    (after its checkpoint), as a process killed then would stop."""
     ref = DataRef.of(DATA, "random", config.train.seed)
-    return train(config, ref.load(), run_dir, log=log, data_ref=ref, resume=resume)
+    with _crash_after(crash_after):
+        return train(config, ref.load(), run_dir, data_ref=ref, resume=resume)
 
 
 def _log(run_dir: Path) -> list[dict]:
@@ -41,12 +47,30 @@ class Crash(Exception):
     pass
 
 
-def _crash_after(epoch: int):
-    def log(line: str) -> None:
-        if line.startswith(f"epoch {epoch:>3}"):
+class _CrashHandler(logging.Handler):
+    def __init__(self, epoch: int) -> None:
+        super().__init__(logging.INFO)
+        self.epoch = epoch
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if record.getMessage().startswith(f"epoch {self.epoch:>3} | "):  # the epoch's line
             raise Crash
 
-    return log
+
+@contextmanager
+def _crash_after(epoch: int | None) -> Iterator[None]:
+    logger = logging.getLogger("diffmm.trainer")
+    if epoch is None:
+        yield
+        return
+    handler, level = _CrashHandler(epoch), logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    try:
+        yield
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
 
 
 def test_a_run_directory_holds_config_data_ids_log_and_checkpoints(tmp_path):
@@ -73,7 +97,7 @@ def test_a_resumed_run_ends_exactly_like_an_uninterrupted_one(tmp_path, model):
     config = _config(model)
     full = _train(tmp_path / "full", config)
     with pytest.raises(Crash):
-        _train(tmp_path / "crashed", config, log=_crash_after(2))
+        _train(tmp_path / "crashed", config, crash_after=2)
     assert load_checkpoint(tmp_path / "crashed" / "last.pt")["epoch"] == 2
     assert not (tmp_path / "crashed" / "summary.json").exists()
     torch.manual_seed(12345)  # the resumed run must not depend on the process's RNG state
@@ -90,7 +114,7 @@ def test_resume_recovers_the_best_state_if_the_run_died_before_writing_best_pt(t
     run = tmp_path / "run"
     config = _config("lightgcn", epochs=2)
     with pytest.raises(Crash):
-        _train(run, config, log=_crash_after(1))
+        _train(run, config, crash_after=1)
     (run / "best.pt").unlink()  # as if killed between last.pt and best.pt
     (run / "log.jsonl").unlink()  # ... and before the log line
     _train(run, config, resume=True)
@@ -103,7 +127,7 @@ def test_resume_drops_log_lines_of_epochs_the_checkpoint_does_not_have(tmp_path)
     run = tmp_path / "run"
     config = _config("lightgcn", epochs=3)
     with pytest.raises(Crash):
-        _train(run, config, log=_crash_after(2))
+        _train(run, config, crash_after=2)
     lines = (run / "log.jsonl").read_text().splitlines()
     ghost = json.loads(lines[-1]) | {"epoch": 3}
     (run / "log.jsonl").write_text("\n".join([*lines, json.dumps(ghost)]) + "\n")
@@ -127,7 +151,7 @@ def test_resume_with_other_data_is_refused(tmp_path):
     _train(run, config)
     other = DataRef.of("synthetic:n_users=160,n_items=90,interactions_per_user=11", "random", 1)
     with pytest.raises(DataError, match="not the data"):
-        train(config, other.load(), run, log=lambda _: None, data_ref=other, resume=True)
+        train(config, other.load(), run, data_ref=other, resume=True)
 
 
 def test_a_truncated_checkpoint_is_reported_not_loaded(tmp_path):

@@ -275,6 +275,6 @@ def test_a_user_with_every_item_in_train_does_not_stop_training(recwarn):
     data = Dataset("full-user", 6, 5, *csr)
     get_model_class("mf").check_data(MFConfig(), data)
     cfg = TrainConfig(epochs=2, batch_size=4, progress=False, ks=[1, 10])
-    summary = Trainer(MF(MFConfig(embedding_dim=4), data), data, cfg, log=lambda _: None).fit()
+    summary = Trainer(MF(MFConfig(embedding_dim=4), data), data, cfg).fit()
     assert np.isfinite(summary["test"]["recall@10"])
     assert any("every item" in str(w.message) for w in recwarn)

@@ -62,10 +62,6 @@ def load_data() -> Any:
     return DataRef.of(DATA).load()  # as the command loads it
 
 
-def quiet(*_args: Any) -> None:
-    pass
-
-
 def state_hash(model: torch.nn.Module) -> str:
     """A digest of every parameter, buffer and extra state (DiffMM's graphs) of ``model``."""
     digest = hashlib.sha256()
@@ -133,7 +129,7 @@ def _worker(rank: int, world: int, port: int, out: str) -> None:
             (run_dir / "notes.txt").write_text("not a run")
         try:
             result["summary"] = train(
-                run_config(model), load_data(), run_dir, log=quiet, resume=stop_after < 0
+                run_config(model), load_data(), run_dir, resume=stop_after < 0
             )
         except KeyboardInterrupt:
             result["interrupted"] = True
@@ -226,7 +222,7 @@ def test_two_processes_train_one_model(ranks, model):
     assert (written["world_size"], written["backend"]) == (2, "gloo")
     assert written["test"] == first["summary"]["test"] == second["summary"]["test"]
     # the metrics of one process with the same global batch
-    single = train(run_config(model), load_data(), None, log=quiet)
+    single = train(run_config(model), load_data(), None)
     assert single["test"]["n_users"] == written["test"]["n_users"]
     tolerance = EXACT_TOLERANCE if model == "lightgcn" else DIFFMM_TOLERANCE
     metrics_close(written["test"], single["test"], tolerance)
@@ -312,8 +308,15 @@ def test_two_machines_simulated_with_a_c10d_rendezvous(tmp_path):
     # one summary printed (rank 0's agent), one run directory
     summaries = [json.loads(out) for out, _ in outputs if out.strip()]
     assert len(summaries) == 1
+    # and one set of log lines (rank 0's): an epoch line each epoch, the selection
+    lines = [line for _, err in outputs for line in err.splitlines()]
+    assert [line[:11] for line in lines if line.startswith("epoch ")] == [
+        "epoch   1 |",
+        "epoch   2 |",
+    ]
+    assert sum(line.startswith("selected epoch") for line in lines) == 1
     assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]
     written = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert written["epochs_run"] == 2 and written["test"] == summaries[0]["test"]
-    single = train(run_config("lightgcn"), load_data(), None, log=quiet)
+    single = train(run_config("lightgcn"), load_data(), None)
     metrics_close(written["test"], single["test"], EXACT_TOLERANCE)

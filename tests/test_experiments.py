@@ -48,6 +48,12 @@ def test_benchmark_writes_table_csv_plots_and_reuses_finished_runs(tmp_path):
     for png in ("valid_recall.png", "test_recall.png", "sparsity.png"):
         assert (tmp_path / png).read_bytes().startswith(PNG)
     assert "| lightgcn | 2 |" in (tmp_path / "results.md").read_text()
+    delta = table.set_index("model")["Δrecall@20 vs mf"]  # per-user paired, seeds matched
+    assert delta["mf"] == "reference" and " p=" in delta["lightgcn"]
+    gap = table.set_index("model")["recall@20"]
+    assert float(delta["lightgcn"].split()[0]) == pytest.approx(
+        gap["lightgcn"] - gap["mf"], abs=1e-4
+    )
     before = (tmp_path / "runs/mf-seed421/summary.json").stat().st_mtime_ns
     default_groups = set(pd.read_csv(tmp_path / "sparsity.csv")["group"])
     assert default_groups and default_groups <= {"0-5", "5-10", "10-20", "20+"}
@@ -79,7 +85,7 @@ def test_settings_are_scoped_per_model_and_bad_ones_refused():
 def test_benchmark_tables_and_plots_follow_each_runs_metric_and_ks(tmp_path):
     sets = ["train.ks=[20]", "train.metric=ndcg@20", "epoch=2"]
     spec = BenchmarkSpec(DATA, ["mf"], [421], sets=sets)
-    table = run_benchmark(spec, tmp_path, log=lambda _: None, groups=(0, 10))
+    table = run_benchmark(spec, tmp_path, groups=(0, 10))
     for frame in (table, pd.read_csv(tmp_path / "results.csv")):
         assert {"ndcg@20", "recall@20", "precision@20"} <= set(frame.columns)
         assert not [c for c in frame.columns if "@10" in c]
@@ -96,7 +102,7 @@ def test_benchmark_tables_and_plots_follow_each_runs_metric_and_ks(tmp_path):
     # The mf run is reused, and its protocol read from its config.json: the table shows
     # the union of the models' cut-offs, "–" where a model's runs have none.
     spec = BenchmarkSpec(DATA, ["mf", "lightgcn"], [421], sets=["train.epochs=1"])
-    table = run_benchmark(spec, tmp_path, log=lambda _: None, plots=False).set_index("model")
+    table = run_benchmark(spec, tmp_path, plots=False).set_index("model")
     assert {"recall@10", "recall@20", "ndcg@10"} <= set(table.columns)
     assert pd.isna(table.loc["mf", "recall@10"]) and not pd.isna(table.loc["lightgcn", "ndcg@10"])
     text = (tmp_path / "results.md").read_text()
@@ -109,17 +115,17 @@ def test_sweep_grid_keeps_the_names_as_typed_and_refuses_one_setting_twice(tmp_p
     spec = BenchmarkSpec(DATA, ["diffmm"], [421])
     grid = parse_grid(["ssl_reg=0.1", "cl_weight=0.2"])
     with pytest.raises(ConfigError, match="'ssl_reg' and 'cl_weight' are the same setting"):
-        run_sweep(spec, grid, tmp_path, log=lambda _: None)
+        run_sweep(spec, grid, tmp_path)
     grid = parse_grid(["train.metric=recall@20,ndcg@20"])
     with pytest.raises(ConfigError, match="one validation metric"):
-        run_sweep(BenchmarkSpec(DATA, ["mf"], [421]), grid, tmp_path, log=lambda _: None)
+        run_sweep(BenchmarkSpec(DATA, ["mf"], [421]), grid, tmp_path)
 
 
 @pytest.mark.slow
 def test_sweep_selects_on_the_configured_metric(tmp_path):
     sets = ["train.epochs=1", "train.ks=[5]", "train.metric=ndcg@5"]
     spec = BenchmarkSpec(DATA, ["lightgcn"], [421], sets=sets)
-    table = run_sweep(spec, parse_grid(["n_layers=0,1"]), tmp_path, log=lambda _: None)
+    table = run_sweep(spec, parse_grid(["n_layers=0,1"]), tmp_path)
     assert {"valid_ndcg@5", "test_ndcg@5", "test_recall@5"} <= set(table.columns)
     assert not [c for c in table.columns if "@20" in c]
     chosen = table[table["selected"] == "*"]
@@ -148,7 +154,7 @@ def diffmm_run(tmp_path_factory):
         "diffmm", overrides=["train.epochs=2", "train.progress=false", "denoiser_hidden_dims=[32]"]
     )
     ref = DataRef.of(DATA, "random", 2024)
-    train(config, ref.load(), run_dir, log=lambda _: None, data_ref=ref)
+    train(config, ref.load(), run_dir, data_ref=ref)
     return run_dir
 
 
@@ -168,3 +174,16 @@ def test_explain_lists_denoised_items_with_feature_similarities(diffmm_run, tmp_
     assert (tmp_path / "explain_user_3.png").read_bytes().startswith(PNG)
     wrong = invoke("explain", str(diffmm_run), "--user", "nobody")
     assert wrong.exit_code == 2 and "nobody" in wrong.output
+
+
+@pytest.mark.slow
+def test_a_sweep_on_data_without_validation_is_one_line(tmp_path):
+    rows = [(u, i, "test" if i == u % 7 else "train") for u in range(30) for i in range(7)]
+    table = tmp_path / "clicks.csv"
+    table.write_text("user,item,split\n" + "".join(f"{u},{i},{s}\n" for u, i, s in rows))
+    result = invoke(
+        "sweep", "--data", str(table), "--model", "mf", "--grid", "embedding_dim=4,8",
+        "--set", "train.epochs=1", "--out", str(tmp_path / "sweep"),
+    )  # fmt: skip
+    assert result.exit_code == 2 and "Traceback" not in result.output
+    assert "no sweep point has a validation recall@20" in result.output

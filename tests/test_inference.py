@@ -61,7 +61,7 @@ def test_raw_string_ids_round_trip_and_moved_data_are_found(tmp_path):
     pd.DataFrame({"user": users, "item": [f"item{i}" for i in items]}).to_csv(table, index=False)
     config = resolve_config("lightgcn", overrides=["train.epochs=2", "train.progress=false"])
     ref = DataRef.of(str(table), "random", config.train.seed)
-    train(config, ref.load(), tmp_path / "run", log=lambda _: None, data_ref=ref)
+    train(config, ref.load(), tmp_path / "run", data_ref=ref)
 
     rec = diffmm.load(tmp_path / "run")
     (picks,) = rec.recommend(["user3"], k=5)
@@ -83,7 +83,7 @@ def test_a_diffmm_run_loads_with_its_generated_graphs(tmp_path):
     )
     ref = DataRef.of(SERVE_DATA, "random", config.train.seed)
     dataset = ref.load()
-    train(config, dataset, tmp_path / "run", log=lambda _: None, data_ref=ref)
+    train(config, dataset, tmp_path / "run", data_ref=ref)
     rec = diffmm.load(tmp_path / "run")
     assert rec.metadata["model"] == "diffmm" and rec.metadata["finished"]
     assert len(rec.model.modality_graphs) == len(dataset.features)

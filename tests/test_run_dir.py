@@ -45,7 +45,7 @@ def lightgcn_run(path: Path, epochs: int = 2, data: str = DATA) -> Path:
         "lightgcn", overrides=[f"train.epochs={epochs}", "train.progress=false"]
     )
     ref = DataRef.of(data)
-    train(config, ref.load(), path, log=lambda _: None, data_ref=ref)
+    train(config, ref.load(), path, data_ref=ref)
     return path
 
 
@@ -280,7 +280,7 @@ def test_divergence_after_a_good_epoch_keeps_the_good_checkpoints(
     config = resolve_config("mf", overrides=["train.epochs=3", "train.progress=false"])
     ref = DataRef.of(DATA)
     with pytest.raises(DivergedError, match="epoch 2: non-finite loss .*bpr"):
-        train(config, ref.load(), tmp_path / "run", log=lambda _: None, data_ref=ref)
+        train(config, ref.load(), tmp_path / "run", data_ref=ref)
     run = RunDir(tmp_path / "run")
     for name in ("best.pt", "last.pt"):
         state = load_checkpoint(run.path / name)

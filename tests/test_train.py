@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -13,16 +14,13 @@ import torch
 import diffmm.trainer as train_mod
 from diffmm.checkpoint import RunDir, load_checkpoint
 from diffmm.config import RunConfig, TrainConfig
+from diffmm.epoch_log import Reporter
 from diffmm.evaluate import evaluate as real_evaluate
 from diffmm.models.lightgcn import Config as LightGCNConfig
 from diffmm.models.mf import MF
 from diffmm.models.mf import Config as MFConfig
 from diffmm.trainer import Trainer, train
 from helpers import make_dataset, planted_dataset
-
-
-def quiet(*_args) -> None:
-    pass
 
 
 def run_config(model: str = "mf", **train_kw) -> RunConfig:
@@ -47,7 +45,7 @@ def read_log(run_dir):
 
 def test_loss_falls_and_files_are_written(tmp_path):
     data = planted_dataset()
-    summary = train(run_config("lightgcn"), data, tmp_path, log=quiet)
+    summary = train(run_config("lightgcn"), data, tmp_path)
     log = read_log(tmp_path)
     assert [r["epoch"] for r in log] == list(range(1, 7))
     assert log[-1]["losses"]["bpr"] < 0.7 * log[0]["losses"]["bpr"]
@@ -71,10 +69,10 @@ def test_loss_falls_and_files_are_written(tmp_path):
 
 def test_same_seed_same_results():
     data = planted_dataset()
-    a = train(run_config("lightgcn", epochs=3), data, None, log=quiet)
-    b = train(run_config("lightgcn", epochs=3), data, None, log=quiet)
+    a = train(run_config("lightgcn", epochs=3), data, None)
+    b = train(run_config("lightgcn", epochs=3), data, None)
     assert a["test"] == b["test"] and a["valid"] == b["valid"]
-    c = train(run_config("lightgcn", epochs=3, seed=8), data, None, log=quiet)
+    c = train(run_config("lightgcn", epochs=3, seed=8), data, None)
     assert c["test"] != a["test"] or c["valid"] != a["valid"]
 
 
@@ -108,7 +106,7 @@ def test_early_stopping_restores_the_best_validation_state(tmp_path, monkeypatch
     model = MF(MFConfig(embedding_dim=8), data)
     cfg = TrainConfig(epochs=10, patience=2, lr=0.05, batch_size=128, progress=False)
     with new_run(tmp_path, model, cfg, data) as run:
-        summary = Trainer(model, data, cfg, run, log=quiet).fit()
+        summary = Trainer(model, data, cfg, run).fit()
     # best at epoch 2; epochs 3 and 4 do not improve -> stop after epoch 4
     assert summary["best_epoch"] == 2 and summary["stopped_early"] is True
     assert summary["epochs_run"] == 4
@@ -130,7 +128,7 @@ def test_test_split_is_evaluated_exactly_once(monkeypatch):
         return real_evaluate(score_fn, dataset, split, **kw)
 
     monkeypatch.setattr(train_mod, "evaluate", spy)
-    summary = train(run_config(epochs=4, eval_every=2), planted_dataset(), None, log=quiet)
+    summary = train(run_config(epochs=4, eval_every=2), planted_dataset(), None)
     assert calls == ["valid", "valid", "test"]
     assert summary["epochs_run"] == 4
 
@@ -142,7 +140,7 @@ def test_test_every_epoch_is_reported_for_parity_only(tmp_path, monkeypatch):
     cfg = TrainConfig(epochs=4, patience=5, progress=False, test_every_epoch=True)
     model = MF(MFConfig(embedding_dim=8), data)
     with new_run(tmp_path, model, cfg, data) as run:
-        summary = Trainer(model, data, cfg, run, log=quiet).fit()
+        summary = Trainer(model, data, cfg, run).fit()
     assert summary["best_epoch"] == 1  # still selected on validation
     assert spy.calls == ["valid", "test"] * 4 + ["test"]
     assert "authors' protocol" in summary["best_on_test"]["note"]
@@ -150,12 +148,12 @@ def test_test_every_epoch_is_reported_for_parity_only(tmp_path, monkeypatch):
     assert all("test_parity" in r for r in read_log(tmp_path))
 
 
-def test_no_validation_data_selects_the_last_epoch():
+def test_no_validation_data_selects_the_last_epoch(caplog):
     planted = planted_dataset()
     data = make_dataset(planted.train.toarray(), None, planted.test.toarray())
-    messages = []
-    summary = train(run_config(epochs=3), data, None, log=messages.append)
-    assert any("no validation" in m for m in messages)
+    summary = train(run_config(epochs=3), data, None)
+    (warning,) = [r for r in caplog.records if r.levelno == logging.WARNING]
+    assert warning.name == "diffmm.trainer" and "no validation" in warning.getMessage()
     assert summary["best_epoch"] == 3 and summary["epochs_run"] == 3
     assert "last epoch" in summary["selected_by"] and summary["valid"] == {}
     assert summary["test"]["n_users"] == data.n_users
@@ -163,13 +161,13 @@ def test_no_validation_data_selects_the_last_epoch():
 
 def test_metric_k_outside_ks_is_still_computed():
     cfg = run_config(epochs=1, metric="ndcg@5", ks=[10])
-    summary = train(cfg, planted_dataset(), None, log=quiet)
+    summary = train(cfg, planted_dataset(), None)
     assert "ndcg@5" in summary["valid"] and "recall@10" in summary["test"]
 
 
 @pytest.mark.parametrize("model", ["mf", "lightgcn"])
 def test_trains_each_baseline(model):
-    summary = train(run_config(model, epochs=2), planted_dataset(), None, log=quiet)
+    summary = train(run_config(model, epochs=2), planted_dataset(), None)
     assert summary["model"] == model and summary["test"]["n_users"] > 0
 
 
@@ -192,8 +190,8 @@ def test_epoch_phases_run_in_order_timed_with_memory_given_back_after_each(monke
     data = planted_dataset()
     cfg = TrainConfig(epochs=2, lr=0.05, batch_size=128, progress=False)
     records = []
-    trainer = Trainer(MF(MFConfig(embedding_dim=8), data), data, cfg, log=quiet)
-    monkeypatch.setattr(trainer, "_log_epoch", records.append)
+    trainer = Trainer(MF(MFConfig(embedding_dim=8), data), data, cfg)
+    monkeypatch.setattr(Reporter, "epoch", lambda _self, record, _metric: records.append(record))
     trainer.fit()
     # a release after each phase, then one after the recommender pass
     per_epoch = [[f"first{e}", "release", f"second{e}", "release", "release"] for e in (1, 2)]
@@ -207,7 +205,7 @@ def test_epoch_phases_run_in_order_timed_with_memory_given_back_after_each(monke
 
 
 def test_a_model_without_phases_runs_begin_epoch_as_its_one_phase(tmp_path):
-    summary = train(run_config(epochs=2), planted_dataset(), tmp_path, log=quiet)
+    summary = train(run_config(epochs=2), planted_dataset(), tmp_path)
     assert summary["epochs_run"] == 2
     for record in read_log(tmp_path):
         assert set(record["begin_epoch"]) == {"seconds_begin_epoch"}
@@ -221,5 +219,5 @@ def test_evaluation_gives_memory_back_before_every_score_batch(monkeypatch):
         return real_evaluate(score_fn, dataset, split, **kw)
 
     monkeypatch.setattr(train_mod, "evaluate", spy)
-    train(run_config(epochs=1), planted_dataset(), None, log=quiet)
+    train(run_config(epochs=1), planted_dataset(), None)
     assert hooks == [train_mod.release_free_memory] * 2  # valid, then test

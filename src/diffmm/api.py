@@ -19,9 +19,10 @@ from __future__ import annotations
 
 import difflib
 import json
-import sys
 import time
+import warnings
 from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -113,8 +114,11 @@ def train(
         config: a TOML file of settings (``[train]``, ``[<model>]``).
         resume: continue the interrupted run in ``out`` with its own configuration and
             split (settings given must equal the run's).
-        progress: show progress bars.
-        log: receives each log line (default: printed to stderr).
+        progress: show progress bars, and the progress lines (one per epoch and epoch
+            phase) on stderr unless the application configured :mod:`logging` (they go
+            to the ``"diffmm"`` loggers at INFO either way).
+        log: deprecated, to be removed in the next release: receives each log line too;
+            configure :mod:`logging` (the ``"diffmm"`` logger) instead.
         **settings: settings by the names ``--set`` takes, as Python values, e.g.
             ``epochs=2`` (``train.epochs``), ``embedding_dim=128``, ``ssl_reg=0.01``. They
             win over ``config``, which wins over ``preset``.
@@ -126,46 +130,50 @@ def train(
     from diffmm.inference import open_run, run_data
     from diffmm.trainer import train as run_training
 
-    log = log or _stderr
-    overrides = settings_overrides(model, settings)
-    if resume:
-        if out is None:
-            raise ConfigError("resume=True needs out=, the directory of the run to continue")
-        run = open_run(out)
-        stored = run.read_config()
-        if model != stored.model or preset or config or overrides:
-            given = resolve_config(model, preset, config, overrides).to_dict()
-            if {**given, "train": {**given["train"], "progress": stored.train.progress}} != (
-                stored.to_dict()
-            ):
-                raise ConfigError(
-                    f"the settings given differ from those of the run in {out}; a run "
-                    "continues with its own configuration: give only the model and out= "
-                    "with resume=True, or start a new run in another out="
-                )
-        train_cfg = stored.train.model_copy(update={"progress": progress})
-        run_config = stored.model_copy(update={"train": train_cfg})
-        dataset = run_data(run, data)
-        summary = run_training(run_config, dataset, run.path, log=log, resume=True)
-        return Run(run.path, summary, _data=dataset if isinstance(data, Dataset) else None)
+    with _log_setup(log, to_stderr=progress):
+        overrides = settings_overrides(model, settings)
+        if resume:
+            if out is None:
+                raise ConfigError("resume=True needs out=, the directory of the run to continue")
+            run = open_run(out)
+            stored = run.read_config()
+            if model != stored.model or preset or config or overrides:
+                given = resolve_config(model, preset, config, overrides).to_dict()
+                if {**given, "train": {**given["train"], "progress": stored.train.progress}} != (
+                    stored.to_dict()
+                ):
+                    raise ConfigError(
+                        f"the settings given differ from those of the run in {out}; a run "
+                        "continues with its own configuration: give only the model and out= "
+                        "with resume=True, or start a new run in another out="
+                    )
+            train_cfg = stored.train.model_copy(update={"progress": progress})
+            run_config = stored.model_copy(update={"train": train_cfg})
+            dataset = run_data(run, data)
+            summary = run_training(run_config, dataset, run.path, resume=True)
+            return Run(run.path, summary, _data=dataset if isinstance(data, Dataset) else None)
 
-    run_config = resolve_config(
-        model, preset, config, [*overrides, f"train.progress={json.dumps(progress)}"]
-    )
-    if data is None:
-        raise ConfigError("pass data=, a dataset path or spec or a Dataset, to train on")
-    if isinstance(data, Dataset):
-        if features is not None:
-            raise ConfigError("features= applies to data given as a path; add them to the Dataset")
-        ref, dataset = None, data
-    else:
-        ref = DataRef.of(str(data), split, split_seed, None if features is None else str(features))
-        dataset = ref.load()
-    stamp = time.strftime("%Y%m%d-%H%M%S")
-    run_dir = Path(out) if out is not None else Path("runs") / f"{model}-{dataset.name}-{stamp}"
-    _check_new_run_dir(run_dir)
-    summary = run_training(run_config, dataset, run_dir, log=log, data_ref=ref)
-    return Run(run_dir, summary, _data=dataset if ref is None else None)
+        run_config = resolve_config(
+            model, preset, config, [*overrides, f"train.progress={json.dumps(progress)}"]
+        )
+        if data is None:
+            raise ConfigError("pass data=, a dataset path or spec or a Dataset, to train on")
+        if isinstance(data, Dataset):
+            if features is not None:
+                raise ConfigError(
+                    "features= applies to data given as a path; add them to the Dataset"
+                )
+            ref, dataset = None, data
+        else:
+            ref = DataRef.of(
+                str(data), split, split_seed, None if features is None else str(features)
+            )
+            dataset = ref.load()
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        run_dir = Path(out) if out is not None else Path("runs") / f"{model}-{dataset.name}-{stamp}"
+        _check_new_run_dir(run_dir)
+        summary = run_training(run_config, dataset, run_dir, data_ref=ref)
+        return Run(run_dir, summary, _data=dataset if ref is None else None)
 
 
 def benchmark(
@@ -198,7 +206,9 @@ def benchmark(
         split, split_seed, features: as for :func:`train`.
         plots: also write the PNG plots.
         groups: lower bounds of the sparsity study's user groups (training interactions).
-        log: receives each progress line (default: printed to stderr).
+        log: deprecated, to be removed in the next release: receives each progress line
+            too. The lines (one per run) go to the ``"diffmm"`` loggers at INFO, and to
+            stderr unless the application configured :mod:`logging`.
         **settings: as for :func:`train`; a bare name applies to every model that has it,
             ``**{"MODEL.NAME": value}`` to one model.
 
@@ -240,7 +250,8 @@ def benchmark(
         label = "synthetic" if is_synthetic_spec(ref.path) else Path(ref.path).stem
         out = Path("runs") / f"benchmark-{label}-{time.strftime('%Y%m%d-%H%M%S')}"
     chosen_groups = DEFAULT_GROUPS if groups is None else groups
-    return run_benchmark(spec, out, log=log or _stderr, plots=plots, groups=chosen_groups)
+    with _log_setup(log, to_stderr=True):
+        return run_benchmark(spec, out, plots=plots, groups=chosen_groups)
 
 
 def settings_overrides(model: str, settings: dict[str, Any]) -> list[str]:
@@ -343,5 +354,20 @@ def _check_new_run_dir(run_dir: Path) -> None:
         )
 
 
-def _stderr(line: str) -> None:
-    print(line, file=sys.stderr, flush=True)
+def _log_setup(
+    log: Callable[[str], None] | None, *, to_stderr: bool
+) -> AbstractContextManager[None]:
+    """Log to stderr (unless logging is configured) when ``to_stderr``; forward the lines
+    to the deprecated ``log`` callback too, if one is given."""
+    from diffmm import logs
+
+    if log is not None:
+        warnings.warn(
+            "log= is deprecated and will be removed in the next release; configure the "
+            "'diffmm' logger of the logging module instead",
+            DeprecationWarning,
+            stacklevel=3,
+        )
+    elif to_stderr:
+        logs.log_to_stderr(unless_any=True)
+    return logs.forwarded_to(log)

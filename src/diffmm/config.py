@@ -104,6 +104,11 @@ class TrainConfig(BaseModel):
         "parity with the authors' protocol only; never used for selection.",
     )
     progress: Flag = Field(True, description="Show progress bars.")
+    tensorboard: Flag = Field(
+        False,
+        description="Also write losses, validation metrics and seconds per phase to "
+        "<run_dir>/tensorboard/ (needs pip install 'diffmm[tensorboard]').",
+    )
 
     @field_validator("ks")
     @classmethod

@@ -19,6 +19,7 @@ from pathlib import Path
 import click
 import torch
 
+from diffmm import logs
 from diffmm.checkpoint import DataRef
 from diffmm.config import resolve_config
 from diffmm.data import make_synthetic
@@ -46,7 +47,8 @@ def _train(name: str, dataset: Dataset, out: Path, epochs: int | None) -> tuple[
     config = resolve_config(name, overrides=overrides)
     start = time.perf_counter()
     # The runs are complete run directories: `diffmm recommend runs/demo-.../diffmm` works.
-    summary = train(config, dataset, out / name, log=lambda _: None, data_ref=DataRef("synthetic"))
+    with logs.quiet("diffmm.trainer"):  # the demo prints its own lines
+        summary = train(config, dataset, out / name, data_ref=DataRef("synthetic"))
     summary["seconds"] = time.perf_counter() - start
     return summary, load(out / name, device=config.train.device).model
 

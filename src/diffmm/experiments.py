@@ -25,12 +25,13 @@ started again after a crash and only the missing work is done.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 import statistics
 import subprocess
 import sys
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -38,6 +39,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from diffmm import logs
 from diffmm.config import RunConfig, TrainConfig, presets_of, resolve_config, setting_names
 from diffmm.data.options import TableOptions
 from diffmm.errors import ConfigError
@@ -57,6 +59,8 @@ __all__ = [
     "sparsity_study",
     "write_sparsity",
 ]
+
+logger = logging.getLogger(__name__)
 
 #: Metrics of the tables, at each of a run's cut-offs (``hit@k`` is in each run's files).
 TABLE_METRICS = ("recall", "ndcg", "precision")
@@ -179,15 +183,24 @@ class BenchmarkSpec:
         return [*cmd, "--set", "train.progress=false"]
 
 
-def _run_one(cmd: list[str], run_dir: Path, log: Callable[[str], None]) -> None:
+def runs_bar(jobs: Sequence[Any]) -> Any:
+    """The overall bar of a benchmark or sweep: iterate it over ``jobs``, one training
+    run each; it counts the finished runs (drawn on a terminal only)."""
+    with logs.progress_bars(True):
+        return logs.bar(jobs, total=len(jobs), desc="runs", unit="run")
+
+
+def _run_one(cmd: list[str], run_dir: Path) -> None:
+    """Train one run in a child process (reuse it if finished, resume it if started); its
+    output goes to ``<run_dir>.output.txt``, a line saying what is done to the log."""
     if (run_dir / "summary.json").exists():
-        log(f"reusing finished run {run_dir}")
+        logger.info(f"reusing finished run {run_dir}")
         return
     if (run_dir / "config.json").exists():
-        log(f"resuming {run_dir}")
+        logger.info(f"resuming {run_dir}")
         cmd = ["train", "--resume", str(run_dir)]
     else:
-        log("diffmm " + " ".join(cmd))
+        logger.info("diffmm " + " ".join(cmd))
     # The command's output goes next to the run: a new run needs an empty directory.
     output = run_dir.with_name(f"{run_dir.name}.output.txt")
     run_dir.parent.mkdir(parents=True, exist_ok=True)
@@ -262,7 +275,8 @@ def summarise(runs: pd.DataFrame) -> pd.DataFrame:
 def markdown_table(table: pd.DataFrame) -> str:
     """The summary as Markdown: mean ± std of each metric, ``–`` where none was evaluated."""
     metrics = metric_columns(table.columns)
-    head = ["model", "seeds", *metrics, "epoch", "s/epoch", "peak RSS MB"]
+    extra = [c for c in table.columns if str(c).startswith("Δ")]
+    head = ["model", "seeds", *metrics, "epoch", "s/epoch", "peak RSS MB", *extra]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for _, r in table.iterrows():
         cells = [r["model"], str(r["seeds"])]
@@ -272,6 +286,7 @@ def markdown_table(table: pd.DataFrame) -> str:
             f"{r['seconds_per_epoch']:.2f}",
             f"{r['peak_rss_mb']:.0f}",
         ]
+        cells += [str(r[c]) for c in extra]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -303,11 +318,13 @@ def validation_curves(runs: pd.DataFrame) -> dict[str, tuple[list[int], list[flo
 def run_benchmark(
     spec: BenchmarkSpec,
     out: str | Path,
-    log: Callable[[str], None] = print,
     plots: bool = True,
     groups: Sequence[int] = DEFAULT_GROUPS,
 ) -> pd.DataFrame:
     """Train every model for every seed, then write the tables and plots; returns the summary.
+
+    A line per run goes to the ``diffmm.experiments`` logger, and an overall bar counts
+    the finished runs.
 
     ``groups`` are the lower bounds of the sparsity study's user groups.
     """
@@ -315,15 +332,22 @@ def run_benchmark(
 
     spec.validate()
     out = Path(out)
-    for model in spec.models:
-        for seed in spec.seeds:
+    jobs = [(model, seed) for model in spec.models for seed in spec.seeds]
+    with runs_bar(jobs) as bar:
+        for model, seed in bar:
             run_dir = out / "runs" / f"{model}-seed{seed}"
-            _run_one(spec.command(model, seed, run_dir), run_dir, log)
+            _run_one(spec.command(model, seed, run_dir), run_dir)
     runs = collect(out, spec)
     table = summarise(runs)
+    shared, labels = _shared_metric(table)
+    if shared and len(spec.models) > 1:  # per-user paired difference from the first model
+        from diffmm.compare import significance_column
+
+        by_model = {m: g["run_dir"].tolist() for m, g in runs.groupby("model", sort=False)}
+        column = significance_column(by_model, spec.models[0], shared)
+        table[f"Δ{shared} vs {spec.models[0]}"] = table["model"].map(column)
     atomic_write_bytes(out / "results.csv", table.to_csv(index=False).encode())
     atomic_write_bytes(out / "runs.csv", runs.to_csv(index=False).encode())
-    shared, labels = _shared_metric(table)
     pairs = ", ".join(f"{m}: {k}" for m, k in zip(table["model"], table["metric"], strict=True))
     selected_on = f"validation {shared}" if shared else f"each model's validation metric ({pairs})"
     lines = [
@@ -331,7 +355,9 @@ def run_benchmark(
         "",
         f"Test metrics at the epoch selected on {selected_on}, test read once per run; mean "
         f"± std over seeds {', '.join(map(str, spec.seeds))}; – where a model's runs did not "
-        "evaluate that cut-off (`train.ks`).",
+        "evaluate that cut-off (`train.ks`). Δ: the per-user paired difference of the test "
+        "metric from the first model (averaged over seeds per user), its 95% bootstrap "
+        "interval and a sign-flip permutation p-value (`diffmm report compare`).",
         "",
         markdown_table(table),
         "",

@@ -26,7 +26,7 @@ import scipy.sparse as sp
 import torch
 from torch import Tensor, nn
 
-from diffmm import distributed
+from diffmm import distributed, logs
 from diffmm.diffusion import Denoiser, GaussianDiffusion
 from diffmm.graph import csr_tensor
 
@@ -94,14 +94,17 @@ class ModalityGraphGenerator(nn.Module):
 
         ``item_emb`` is ``E_I`` and ``modal_emb[m]`` the aligned features ``e_m`` of MSI
         (eq. 14), both treated as constants. Returns each modality's mean ELBO and MSI
-        loss over the batches (``elbo_<name>``, ``msi_<name>``).
+        loss over the batches (``elbo_<name>``, ``msi_<name>``). A progress bar over the
+        batches is drawn inside :func:`diffmm.logs.progress_bars` ``(True)``.
         """
         cfg = self.config
         self.denoisers.train()
         totals = torch.zeros(2, len(self.modalities))
         order = users[torch.randperm(len(users)).to(users.device)]
-        with distributed.rank_rng(users.device):  # in a process group: noise per rank
-            for batch in order.split(cfg.diffusion_batch_size):
+        n_batches = -(-len(users) // cfg.diffusion_batch_size)
+        batches = logs.bar(order.split(cfg.diffusion_batch_size), total=n_batches, desc="diffusion")
+        with distributed.rank_rng(users.device), batches:  # in a process group: noise per rank
+            for batch in batches:
                 mine = batch[distributed.shard(len(batch))]  # the whole batch in one process
                 for m, (denoiser, opt) in enumerate(
                     zip(self.denoisers, self.optimizers, strict=True)
@@ -110,7 +113,6 @@ class ModalityGraphGenerator(nn.Module):
                         mine, len(batch), denoiser, opt, item_emb, modal_emb[m]
                     )
         totals = distributed.all_reduce_sum(totals)
-        n_batches = -(-len(users) // cfg.diffusion_batch_size)
         stats = {}
         for m, name in enumerate(self.modalities):
             stats[f"elbo_{name}"] = float(totals[0, m]) / n_batches
@@ -158,17 +160,21 @@ class ModalityGraphGenerator(nn.Module):
         """Top-``rebuild_k`` items of each user's denoised row, ``(len(users), k)``.
 
         In batches of ``diffusion_batch_size`` users (one sampler: the denoiser's weight
-        products are formed once).
+        products are formed once), with a progress bar inside
+        :func:`diffmm.logs.progress_bars` ``(True)``.
         """
         cfg = self.config
         denoiser = self.denoisers[modality].eval()
         sample = self.diffusion.sampler(denoiser, cfg.sampling_steps)
-        return torch.cat(
-            [
-                torch.topk(sample(self.rows(batch)), cfg.rebuild_k, dim=1).indices
-                for batch in users.split(cfg.diffusion_batch_size)
-            ]
-        )
+        n_batches = -(-len(users) // cfg.diffusion_batch_size)
+        desc = f"graphs {self.modalities[modality]}"
+        with logs.bar(users.split(cfg.diffusion_batch_size), total=n_batches, desc=desc) as bar:
+            return torch.cat(
+                [
+                    torch.topk(sample(self.rows(batch)), cfg.rebuild_k, dim=1).indices
+                    for batch in bar
+                ]
+            )
 
     # ----------------------------------------------------------------- optimiser state
     def optimizer_state_dict(self) -> list[dict[str, Any]]:

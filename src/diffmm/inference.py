@@ -91,13 +91,16 @@ class TrainedRecommender:
         ks: Sequence[int] = (10, 20),
         metrics: Sequence[str] | None = None,
         batch_size: int = 1024,
+        per_user: bool = False,
     ) -> dict[str, Any]:
         """All-rank metrics of this model on ``split`` ("test" or "valid"), as training scores.
 
         The protocol is the trainer's (:func:`diffmm.evaluate.evaluate`): every item is
         ranked, the user's training items are masked, and for ``test`` the validation
         items too. ``metrics`` are any of :data:`diffmm.evaluate.ALL_METRICS` (default
-        recall, ndcg, precision, hit). Returns ``{"recall@10": ..., "n_users": int}``.
+        recall, ndcg, precision, hit). Returns ``{"recall@10": ..., "n_users": int}``; with
+        ``per_user`` also each evaluated user's metrics under ``"per_user"`` (``"user"``: the
+        user indices; see :func:`diffmm.evaluate.evaluate`).
         """
         if self.dataset is None:
             raise DataError(
@@ -124,6 +127,7 @@ class TrainedRecommender:
                 batch_size=batch_size,
                 device=self.device,
                 metrics=chosen,
+                per_user=per_user,
             )
 
     # ------------------------------------------------------------------ scoring

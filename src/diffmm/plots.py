@@ -28,6 +28,15 @@ def _save(fig, path: Path) -> Path:
     return path
 
 
+def _all_whole(xs) -> bool:
+    """Whether every value of every sequence in ``xs`` is a finite whole number."""
+    try:
+        values = np.concatenate([np.asarray(x, dtype=float).ravel() for x in xs])
+    except (TypeError, ValueError):  # text categories
+        return False
+    return values.size > 0 and bool(np.all(np.isfinite(values) & (values == np.round(values))))
+
+
 def line_plot(
     curves: Mapping[str, tuple[Sequence[float], Sequence[float]]],
     path: str | Path,
@@ -36,11 +45,16 @@ def line_plot(
     xlabel: str,
     ylabel: str,
 ) -> Path:
-    """One line per name: ``curves[name] = (x values, y values)``."""
+    """One line per name: ``curves[name] = (x values, y values)``. When every x value is a
+    whole number (epochs, layer counts) the x axis has only whole-number ticks."""
     plt = _pyplot()
+    from matplotlib.ticker import MaxNLocator
+
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for name, (x, y) in curves.items():
         ax.plot(x, y, marker="o", markersize=3, label=name)
+    if _all_whole(x for x, _ in curves.values()):
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set(title=title, xlabel=xlabel, ylabel=ylabel)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)

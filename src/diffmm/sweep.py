@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import itertools
 import json
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 
 from diffmm.config import setting_of
-from diffmm.errors import ConfigError
+from diffmm.errors import ConfigError, DataError
 from diffmm.utils import atomic_write_bytes
 
 if TYPE_CHECKING:
@@ -66,7 +66,6 @@ def run_sweep(
     spec: BenchmarkSpec,
     grid: dict[str, list[str]],
     out: str | Path,
-    log: Callable[[str], None] = print,
     plots: bool = True,
 ) -> pd.DataFrame:
     """Train ``spec.models[0]`` for every point of ``grid``; select on validation.
@@ -76,7 +75,7 @@ def run_sweep(
     ``train.metric``; the table also has test Recall and NDCG at its cut-off.
     """
     from diffmm import plots as figures
-    from diffmm.experiments import BenchmarkSpec, Protocol, _run_one
+    from diffmm.experiments import BenchmarkSpec, Protocol, _run_one, runs_bar
 
     out = Path(out)
     (model,) = spec.models
@@ -99,11 +98,12 @@ def run_sweep(
     k = metric.partition("@")[2]
     shown = list(dict.fromkeys([metric, f"recall@{k}", f"ndcg@{k}"]))  # all evaluated
     rows = []
-    for point, point_spec in points:
-        label = ",".join(f"{n}={v}" for n, v in point.items())
-        for seed in spec.seeds:
+    jobs = [(point, point_spec, seed) for point, point_spec in points for seed in spec.seeds]
+    with runs_bar(jobs) as bar:
+        for point, point_spec, seed in bar:
+            label = ",".join(f"{n}={v}" for n, v in point.items())
             run_dir = out / "runs" / f"{label.replace('/', '_')}-seed{seed}"
-            _run_one(point_spec.command(model, seed, run_dir), run_dir, log)
+            _run_one(point_spec.command(model, seed, run_dir), run_dir)
             if Protocol.of(run_dir).metric != metric:  # a finished run reused from elsewhere
                 raise ConfigError(
                     f"{run_dir} was selected on validation {Protocol.of(run_dir).metric}, "
@@ -123,6 +123,12 @@ def run_sweep(
     runs = pd.DataFrame(rows)
     table = runs.groupby(names, sort=False).mean(numeric_only=True).reset_index()
     table = table.drop(columns=["seed"])
+    if table[valid].isna().all():
+        raise DataError(
+            f"no sweep point has a validation {metric}: the data {spec.data} have no "
+            "validation interactions, and a sweep chooses on validation; use data with a "
+            "validation split (or an unsplit table, which is split 8:1:1)"
+        )
     best = int(table[valid].idxmax())
     table["selected"] = ["*" if i == best else "" for i in range(len(table))]
     atomic_write_bytes(out / "sweep.csv", table.to_csv(index=False).encode())

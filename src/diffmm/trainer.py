@@ -29,21 +29,19 @@ from __future__ import annotations
 import copy
 import statistics
 import time
-from collections.abc import Callable
 from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from diffmm import checkpoint as ckpt
-from diffmm import distributed, train_state
+from diffmm import distributed, logs, tensorboard_log, train_state
 from diffmm.checkpoint import DataRef, RunDir
 from diffmm.config import RunConfig, TrainConfig
 from diffmm.data.dataset import Dataset
-from diffmm.epoch_log import epoch_line, metrics_text
+from diffmm.epoch_log import Reporter, has_epoch_work, metrics_text
 from diffmm.errors import ConfigError, DivergedError
 from diffmm.evaluate import evaluate
 from diffmm.models import get_model_class
@@ -70,7 +68,10 @@ class Trainer:
         run_dir: the run directory to write ``log.jsonl``, ``last.pt``, ``best.pt`` and
             ``summary.json`` into, held (:meth:`RunDir.owned`) and created
             (:meth:`RunDir.create`) by the caller; None: write nothing.
-        log: receives one human-readable line per epoch and any warning.
+
+    Its lines (one per epoch phase, one per epoch, "resuming ...", "early stop ...") go to
+    the ``diffmm.trainer`` logger at INFO on rank 0, warnings at WARNING; with
+    ``config.tensorboard`` and a run directory the epochs' scalars go to TensorBoard too.
     """
 
     def __init__(
@@ -79,13 +80,11 @@ class Trainer:
         dataset: Dataset,
         config: TrainConfig,
         run_dir: RunDir | None = None,
-        log: Callable[[str], None] = print,
     ) -> None:
         self.model = model
         self.dataset = dataset
         self.config = config
         self.run = run_dir
-        self.log = log
         metric_k = int(config.metric.partition("@")[2])
         self.ks = sorted(set(config.ks) | {metric_k})
         self.device = model.device
@@ -121,14 +120,8 @@ class Trainer:
         totals: dict[str, torch.Tensor] = {}
         n_steps = 0
         batches = bpr_epoch_batches(self.dataset.train, cfg.batch_size, self.rng, self.sampler)
-        bar = tqdm(
-            batches,
-            total=n_bpr_batches(self.dataset.train, cfg.batch_size),
-            desc=f"epoch {epoch}",
-            leave=False,
-            disable=None if cfg.progress and distributed.is_main() else True,
-            dynamic_ncols=True,
-        )
+        total = n_bpr_batches(self.dataset.train, cfg.batch_size)
+        bar = logs.bar(batches, total=total, desc=f"epoch {epoch}")
         for global_batch in bar:
             arrays, scale = distributed.shard_batch(global_batch)  # as is in one process
             batch = Batch(*(torch.from_numpy(x).to(self.device) for x in arrays))
@@ -180,21 +173,24 @@ class Trainer:
         With ``resume`` the run continues from ``run_dir/last.pt`` (or starts afresh if
         the run died before its first checkpoint).
         """
-        done = self._start(resume)
-        sel = self.selection
-        epoch = done
-        for epoch in range(done + 1, self.config.epochs + 1):
-            if sel.stopped_early:  # a resumed run that had already stopped
-                epoch -= 1
-                break
-            self._run_epoch(epoch)
-            if sel.stopped_early:
-                self.log(
-                    f"early stop at epoch {epoch}: no {self.config.metric} improvement in "
-                    f"{self.config.patience} validations; best epoch {sel.best_epoch}"
-                )
-                break
-        return self._select_and_test(epoch)
+        main, cfg = distributed.is_main(), self.config
+        board = self.run.path if cfg.tensorboard and self.run is not None else None
+        self.report = Reporter(main, board, phases=has_epoch_work(self.model))
+        with self.report, logs.progress_bars(cfg.progress and main):
+            epoch = done = self._start(resume)
+            sel = self.selection
+            for epoch in range(done + 1, cfg.epochs + 1):
+                if sel.stopped_early:  # a resumed run that had already stopped
+                    epoch -= 1
+                    break
+                self._run_epoch(epoch)
+                if sel.stopped_early:
+                    self.report.info(
+                        f"early stop at epoch {epoch}: no {cfg.metric} improvement in "
+                        f"{cfg.patience} validations; best epoch {sel.best_epoch}"
+                    )
+                    break
+            return self._select_and_test(epoch)
 
     def _start(self, resume: bool) -> int:
         """Seed, build the optimiser, resume if asked; returns the last finished epoch."""
@@ -204,7 +200,7 @@ class Trainer:
         self.sampler = NegativeSampler(self.dataset.train)
         self.optimizer = torch.optim.Adam(self.model.trainable_parameters(), lr=cfg.lr)
         if not self.has_valid:
-            self.log(
+            self.report.warning(
                 "warning: the dataset has no validation interactions; early stopping is "
                 "off and the last epoch is selected"
             )
@@ -214,11 +210,13 @@ class Trainer:
                 done, self.selection = train_state.load_last(
                     self.run, self.model, self.optimizer, self.rng, cfg.metric
                 )
-                self.log(f"resuming {self.run.path} after epoch {done}")
+                self.report.info(f"resuming {self.run.path} after epoch {done}")
                 self.selection.resumed_after.append(done)
             else:
                 if resume:
-                    self.log(f"{self.run.path} has no checkpoint yet; starting from epoch 1")
+                    self.report.info(
+                        f"{self.run.path} has no checkpoint yet; starting from epoch 1"
+                    )
                 self.run.remove_log()
         elif resume and not distributed.is_distributed():
             raise ValueError("resume needs a run directory")
@@ -257,7 +255,7 @@ class Trainer:
         if self.has_valid and sel.should_stop(self.config.patience):
             sel.stopped_early = True
         self._checkpoint(epoch, improved, record)
-        self._log_epoch(record)
+        self.report.epoch(record, self.config.metric)
 
     def _run_phases(self, epoch: int) -> dict[str, float]:
         """The model's per-epoch phases in order, each timed (``seconds_<name>``), with
@@ -266,9 +264,11 @@ class Trainer:
         for name, phase in self.model.epoch_phases(epoch):
             distributed.sync_torch_rng(self.device)  # a no-op in one process
             start = self._now()
-            stats.update(phase() or {})
-            stats[f"seconds_{name}"] = self._now() - start
+            phase_stats = phase() or {}
+            stats.update(phase_stats)
+            stats[f"seconds_{name}"] = seconds = self._now() - start
             release_free_memory()
+            self.report.phase(epoch, name, seconds, phase_stats)
         self._check_parameters(epoch, "per-epoch phase", self.model.epoch_phase_settings)
         return stats
 
@@ -339,7 +339,7 @@ class Trainer:
             summary["best_on_test"] = {"note": PARITY_NOTE, **sel.best_on_test}
         if self.run is not None:
             self.run.write_summary(summary)
-        self.log(
+        self.report.info(
             f"selected epoch {best_epoch} ({selected_by}); test "
             + metrics_text(
                 test_metrics, [f"recall@{k}" for k in self.ks] + [f"ndcg@{k}" for k in self.ks]
@@ -369,15 +369,11 @@ class Trainer:
             self.model.load_state_dict(self._best_in_memory)
         return best_epoch, f"best valid {metric}"
 
-    def _log_epoch(self, record: dict[str, Any]) -> None:
-        self.log(epoch_line(record, self.config.metric))
-
 
 def train(
     run_config: RunConfig,
     dataset: Dataset,
     run_dir: Path | str | None = None,
-    log: Callable[[str], None] = print,
     *,
     data_ref: DataRef | None = None,
     resume: bool = False,
@@ -390,8 +386,11 @@ def train(
     and ``ids.json`` first, and removes them again if it fails before its first epoch.
     ``resume`` continues the run in ``run_dir`` (same configuration and data required).
     The run directory is locked for the whole run: a second process is refused.
+    Progress is logged (see :class:`Trainer`); ``train.tensorboard`` needs the package.
     """
     cfg = run_config.train
+    if cfg.tensorboard and distributed.launched_as_main():
+        tensorboard_log.require()
     seed_everything(cfg.seed)
     with distributed.session(cfg.device) as device, ExitStack() as held:
         if run_dir is None and resume:
@@ -399,7 +398,7 @@ def train(
         model = get_model_class(run_config.model)(run_config.params, dataset).to(device)
         if not distributed.is_main():  # rank 0 alone writes the run directory and logs
             distributed.wait_for_main_setup()
-            return Trainer(model, dataset, cfg, log=lambda _: None).fit(resume=resume)
+            return Trainer(model, dataset, cfg).fit(resume=resume)
         run = None if run_dir is None else RunDir(run_dir)
         with distributed.main_setup():  # the other ranks wait for it
             if run is not None:
@@ -410,7 +409,7 @@ def train(
                 else:
                     run.create(run_config, dataset, data_ref)
         try:
-            return Trainer(model, dataset, cfg, run_dir=run, log=log).fit(resume=resume)
+            return Trainer(model, dataset, cfg, run_dir=run).fit(resume=resume)
         except Exception:
             if run is not None:
                 run.discard_new()

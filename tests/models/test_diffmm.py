@@ -231,7 +231,7 @@ def _fit(name: str, dataset, overrides: list[str]) -> dict:
     from diffmm.trainer import train
 
     config = resolve_config(name, overrides=["train.progress=false", *overrides])
-    return train(config, dataset, None, log=lambda _: None)
+    return train(config, dataset, None)
 
 
 @pytest.mark.slow
@@ -259,7 +259,7 @@ def test_recommender_loss_falls_during_training(tmp_path):
     config = resolve_config(
         "diffmm", overrides=["train.epochs=6", "train.progress=false", "denoiser_hidden_dims=[32]"]
     )
-    train(config, ds, tmp_path, log=lambda _: None)
+    train(config, ds, tmp_path)
     log = [json.loads(x) for x in (tmp_path / "log.jsonl").read_text().splitlines()]
     bpr = [r["losses"]["bpr"] for r in log]
     assert bpr[-1] < bpr[0]

@@ -14,6 +14,7 @@ from typing import Any, TypeVar
 import click
 
 from diffmm.errors import DiffMMError
+from diffmm.logs import log_to_stderr
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -137,13 +138,16 @@ def user_errors(fn: F) -> F:
 
     The command runs under the malloc setting of
     :func:`diffmm.utils.keep_freed_memory_for_reuse`, applied here rather than in the group
-    so that ``diffmm COMMAND --help`` does not import torch.
+    so that ``diffmm COMMAND --help`` does not import torch. The library's log lines
+    (progress at INFO, warnings) go to stderr, one line each (:func:`diffmm.logs.log_to_stderr`;
+    under torchrun rank 0's only).
     """
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         from diffmm.utils import keep_freed_memory_for_reuse
 
+        log_to_stderr()
         keep_freed_memory_for_reuse()
         try:
             return fn(*args, **kwargs)

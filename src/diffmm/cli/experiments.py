@@ -1,4 +1,4 @@
-"""Experiments over runs: ``benchmark``, ``sweep``, ``report sparsity``, ``explain``."""
+"""Experiments over runs: ``benchmark``, ``sweep``, ``report sparsity|compare``, ``explain``."""
 
 from __future__ import annotations
 
@@ -78,7 +78,6 @@ def benchmark(
     table = run_benchmark(
         spec,
         out,
-        log=lambda line: click.echo(line, err=True),
         plots=not no_plots,
         groups=group_bounds(groups),
     )
@@ -132,7 +131,7 @@ def sweep(
         cache_dir=absolute_features(cache_dir),
     )
     spec.validate()
-    run_sweep(spec, parse_grid(grid), out, log=lambda line: click.echo(line, err=True))
+    run_sweep(spec, parse_grid(grid), out)
     click.echo((out / "sweep.md").read_text())
 
 
@@ -205,3 +204,52 @@ def report_sparsity(run_dirs: tuple[Path, ...], out: Path, groups: str) -> None:
     out.mkdir(parents=True, exist_ok=True)
     write_sparsity(table, out)
     click.echo((out / "sparsity.md").read_text())
+
+
+@report.command("compare")
+@click.argument("run_dirs", nargs=-1, required=True, type=RUN_DIR)
+@click.option(
+    "--split",
+    default="test",
+    show_default=True,
+    type=click.Choice(["test", "valid"]),
+    help="The split the runs are scored on.",
+)
+@click.option(
+    "--metric",
+    "metrics",
+    multiple=True,
+    help="Per-user metric at a cut-off, e.g. recall@20 (repeatable or a comma list) "
+    "[default: the first run's validation metric].",
+)
+@click.option(
+    "--boot",
+    default=10_000,
+    show_default=True,
+    type=click.IntRange(min=1),
+    help="Bootstrap resamples (and random sign patterns of the permutation test).",
+)
+@click.option("--seed", default=0, show_default=True, type=click.IntRange(min=0))
+@click.option("--out", "out", type=OUT_DIR, default=None, help="Folder for compare.md/.json.")
+@click.option("--data", default=None, help=MOVED_DATA_HELP)
+@user_errors
+def report_compare(
+    run_dirs: tuple[Path, ...],
+    split: str,
+    metrics: tuple[str, ...],
+    boot: int,
+    seed: int,
+    out: Path | None,
+    data: str | None,
+) -> None:
+    """Is the difference real? Per-user paired differences from the first run (the
+    reference): mean, 95% bootstrap CI, permutation and t-test p-values."""
+    from diffmm.compare import compare_runs, markdown, write_comparison
+
+    chosen = [m.strip() for given in metrics for m in given.split(",") if m.strip()]
+    rows = compare_runs(
+        [str(r) for r in run_dirs], split, chosen or None, n_boot=boot, seed=seed, data=data
+    )
+    if out is not None:
+        write_comparison(rows, out, split)
+    click.echo(markdown(rows, split))

@@ -248,8 +248,11 @@ def list_models() -> None:
     from diffmm.models import get_model_class, model_names
 
     for name in model_names():
-        module_doc = sys.modules[get_model_class(name).__module__].__doc__ or ""
-        click.echo(f"{name:<12} {module_doc.strip().splitlines()[0]}")
+        cls = get_model_class(name)
+        module_doc = sys.modules[cls.__module__].__doc__ or ""
+        summary = module_doc.strip().splitlines()[0] if module_doc.strip() else ""
+        paper = getattr(cls, "paper", "")
+        click.echo(f"{name:<12} {summary}" + (f"\n{'':<12} {paper}" if paper else ""))
 
 
 @click.command("config")

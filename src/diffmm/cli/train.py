@@ -22,7 +22,8 @@ def _default_run_dir(model: str, data_name: str) -> Path:
     "--model",
     "model",
     default=None,
-    help="Model name (see `diffmm models`): mf, lightgcn, diffmm, vbpr, ...",
+    help="Model name (see `diffmm models`): mf, lightgcn, diffmm, vbpr, ... "
+    "[default: none; required unless --resume, which uses the run's model].",
 )
 @data_options(required=False)
 @click.option("--preset", default=None, help="Named settings, e.g. tiktok, baby, sports (DiffMM).")
@@ -99,7 +100,6 @@ def train(
             run_config,
             dataset,
             run_dir,
-            log=lambda line: echo(line, err=True),
             data_ref=data_ref,
             resume=resume is not None,
         )

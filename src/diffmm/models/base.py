@@ -115,6 +115,8 @@ class Recommender(nn.Module, ABC):
 
     name: ClassVar[str]
     Config: ClassVar[type[ModelConfig]]
+    #: The paper the model implements: authors, venue, year (shown by `diffmm models`).
+    paper: ClassVar[str]
     #: Settings to name when :meth:`epoch_phases` leave a non-finite parameter.
     epoch_phase_settings: ClassVar[str] = "train.lr"
 

@@ -110,6 +110,7 @@ class BM3(Recommender):
     """BM3 over the training graph and every item modality of the dataset."""
 
     name = "bm3"
+    paper = "Zhou et al., WWW 2023"
     Config = Config
 
     adj: Tensor

@@ -62,6 +62,7 @@ class DiffMM(DerivedTensors, Recommender):
     """DiffMM recommender over any number of item modalities."""
 
     name = "diffmm"
+    paper = "Jiang et al., ACM MM 2024"
     epoch_phase_settings = "noise_min/noise_max/noise_scale or diffusion_lr"
     Config = DiffMMConfig
     #: The epoch's generated graphs (see :meth:`set_modality_graphs`), moved by ``.to()``.

@@ -191,6 +191,7 @@ class FREEDOM(Recommender):
     """FREEDOM with a LightGCN backbone over any number of item modalities."""
 
     name = "freedom"
+    paper = "Zhou and Shen, ACM MM 2023"
     Config = FREEDOMConfig
 
     adj: Tensor

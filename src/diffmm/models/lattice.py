@@ -228,6 +228,7 @@ class LATTICE(Recommender):
     """LATTICE with a LightGCN backbone over any number of item modalities."""
 
     name = "lattice"
+    paper = "Zhang et al., ACM MM 2021"
     Config = LATTICEConfig
 
     adj: Tensor

@@ -66,6 +66,7 @@ class LightGCN(Recommender):
     """LightGCN over the training interaction graph."""
 
     name = "lightgcn"
+    paper = "He et al., SIGIR 2020"
     Config = Config
 
     adj: Tensor

@@ -44,6 +44,7 @@ class LightGCNM(Recommender):
     """LightGCN with modality features fused into the layer-0 item representations."""
 
     name = "lightgcn_m"
+    paper = "He et al., SIGIR 2020 (LightGCN, plus item content features)"
     Config = Config
 
     adj: Tensor

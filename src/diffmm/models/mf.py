@@ -42,6 +42,7 @@ class MF(Recommender):
     """Matrix factorisation with the BPR loss."""
 
     name = "mf"
+    paper = "Rendle et al., UAI 2009"
     Config = Config
 
     def __init__(self, config: Config, dataset: Dataset) -> None:

@@ -76,6 +76,7 @@ class VBPR(Recommender):
     """VBPR over the concatenation of every item-feature matrix."""
 
     name = "vbpr"
+    paper = "He and McAuley, AAAI 2016"
     Config = Config
 
     features: Tensor
