@@ -56,10 +56,11 @@ class StderrHandler(logging.Handler):
 
 
 def log_to_stderr(*, unless_any: bool = False) -> None:
-    """Give the ``"diffmm"`` logger a :class:`StderrHandler` at INFO (the data layer's
-    ``"diffmm.data"`` at WARNING: its split-cache notes would follow every command that
-    loads a table), unless it has a handler (with ``unless_any``: unless a handler is found on it or on an ancestor, i.e.
-    the application configured logging). A logger level already set is kept."""
+    """Give the ``"diffmm"`` logger a :class:`StderrHandler` at INFO, unless it has a
+    handler (with ``unless_any``: unless a handler is found on it or on an ancestor, i.e.
+    the application configured logging). A logger level already set is kept. The data
+    layer's ``"diffmm.data"`` goes to WARNING: its split-cache notes would otherwise follow
+    every command that loads a table."""
     logger = logging.getLogger(ROOT)
     if logger.handlers if not unless_any else logger.hasHandlers():
         return
