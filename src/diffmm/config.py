@@ -45,7 +45,7 @@ else:
 from diffmm.errors import ConfigError
 from diffmm.evaluate import METRICS
 from diffmm.models import get_model_class, model_names
-from diffmm.models.base import MAX_COUNT, Flag, ModelConfig
+from diffmm.models.base import MAX_COUNT, Flag, ModelConfig, authors
 
 #: Seeds are in ``[0, 2^63)``: what NumPy's and torch's generators both accept.
 MAX_SEED = 2**63 - 1
@@ -70,14 +70,14 @@ class TrainConfig(BaseModel):
         200,
         ge=1,
         le=MAX_COUNT,
-        validation_alias=AliasChoices("epochs", "epoch"),
+        validation_alias=authors("epochs", "epoch"),
         description="Maximum number of epochs [epoch].",
     )
     batch_size: int = Field(
         2048,
         ge=1,
         le=MAX_COUNT,
-        validation_alias=AliasChoices("batch_size", "batch"),
+        validation_alias=authors("batch_size", "batch"),
         description="BPR triples per optimiser step [batch].",
     )
     lr: float = Field(1e-3, gt=0, description="Adam learning rate of the recommender.")

@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Annotated, Any, ClassVar
 
 import numpy as np
 import torch
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field
 from torch import Tensor, nn
 
 if TYPE_CHECKING:
@@ -87,6 +87,11 @@ def require_negatives(dataset: Dataset) -> None:
             f"with every item ({dataset.n_items}), so BPR has no negative item to sample; "
             "the data need items some users have not seen"
         )
+
+
+def authors(name: str, flag: str) -> AliasChoices:
+    """Accept setting ``name`` also under the DiffMM authors' flag name ``flag``."""
+    return AliasChoices(name, flag)
 
 
 class ModelConfig(BaseModel):

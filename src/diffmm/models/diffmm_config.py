@@ -14,7 +14,6 @@ from __future__ import annotations
 from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import (
-    AliasChoices,
     ConfigDict,
     Field,
     ValidationInfo,
@@ -22,15 +21,10 @@ from pydantic import (
     model_validator,
 )
 
-from diffmm.models.base import MAX_COUNT, MAX_LAYERS, MAX_WIDTH, ModelConfig
+from diffmm.models.base import MAX_COUNT, MAX_LAYERS, MAX_WIDTH, ModelConfig, authors
 
 #: Largest accepted number of diffusion steps T (the authors use 5; DDPM uses 1000).
 MAX_DIFFUSION_STEPS = 1000
-
-
-def authors(name: str, flag: str) -> AliasChoices:
-    """Accept setting ``name`` also under the authors' flag name ``flag``."""
-    return AliasChoices(name, flag)
 
 
 #: The authors' numeric codes of the settings that are names here.
