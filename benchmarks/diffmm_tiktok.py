@@ -55,6 +55,8 @@ VARIANTS: dict[str, list[str]] = {
     "w/o CL": ["cl_weight=0"],
     "w/o MSI": ["msi_weight=0"],
     "w/o DM": ["diffusion_graph_ratio=0"],
+    # Fig. 4's fusion ratio: 0 is "w/o DM", 1 the full model, 0.5 half of each graph.
+    "fusion 0.5": ["diffusion_graph_ratio=0.5"],
 }
 METRICS = ("recall@10", "recall@20", "ndcg@10", "ndcg@20", "precision@10", "precision@20")
 SPEED = "speed"
@@ -355,7 +357,8 @@ def main() -> None:
     parser.add_argument(
         "--variants",
         default=",".join(VARIANTS),
-        help="Variants to run; ablations use the first seed only.",
+        help="Variants to run, each with every seed (seed by seed, so that the variants "
+        "of one seed are paired as soon as they are done).",
     )
     parser.add_argument(
         "--tune",
@@ -365,6 +368,11 @@ def main() -> None:
         "choice on validation; e.g. n_layers=2,temperature=0.2.",
     )
     parser.add_argument("--report-only", action="store_true", help="Rewrite the reports.")
+    parser.add_argument(
+        "--skip-done",
+        action="store_true",
+        help="Skip the runs already recorded at the current revision (to resume a queue).",
+    )
     parser.add_argument(
         "--speed", type=int, default=0, metavar="EPOCHS", help="First time EPOCHS epochs."
     )
@@ -376,10 +384,13 @@ def main() -> None:
     unknown = set(variants) - set(VARIANTS)
     if unknown:
         parser.error(f"unknown variants {sorted(unknown)}; choose from {list(VARIANTS)}")
-    jobs = [(v, s) for v in variants for s in (seeds if v == "DiffMM" else seeds[:1])]
+    jobs = [(v, s) for s in seeds for v in variants]
     jobs += [(TUNE + t.strip(), seeds[0]) for t in args.tune.split(",") if t.strip()]
     if args.speed:
         jobs.insert(0, (SPEED, 421))
+    if args.skip_done:
+        now = git_revision()
+        jobs = [j for j in jobs if records.get(f"{j[0]}/seed{j[1]}", {}).get("revision") != now]
     for variant, seed in [] if args.report_only else jobs:
         sets = [
             f"train.epochs={args.speed if variant == SPEED else args.epochs}",
