@@ -26,6 +26,7 @@ from diffmm.config import RunConfig, resolve_config
 from diffmm.data.ref import DataRef
 from diffmm.errors import DiffMMError
 from diffmm.evaluate import evaluate as real_evaluate
+from diffmm.models.lightgcn import LightGCN
 from diffmm.trainer import train
 from helpers import free_port
 
@@ -92,6 +93,7 @@ SCENARIOS = [
     ("diffmm", "diffmm", 0),
     ("interrupted", "diffmm", 1),
     ("resumed", "diffmm", -1),
+    ("diverged", "lightgcn", 0),  # rank 1's first loss is NaN
     ("refused", "lightgcn", 0),  # rank 0's run directory holds another file
 ]
 
@@ -119,6 +121,7 @@ def _worker(rank: int, world: int, port: int, out: str) -> None:
 
     train_mod.Trainer._checkpoint = spy
     results: dict[str, Any] = {}
+    real_loss = LightGCN.loss
     for name, model, stop_after in SCENARIOS:
         where = Path(out) / ("resume" if stop_after else name)
         run_dir = where / ("run" if rank == 0 else f"run_rank{rank}")
@@ -127,6 +130,10 @@ def _worker(rank: int, world: int, port: int, out: str) -> None:
         if name == "refused" and rank == 0:
             run_dir.mkdir(parents=True)
             (run_dir / "notes.txt").write_text("not a run")
+        if name == "diverged" and rank == 1:
+            LightGCN.loss = lambda self, batch: {
+                k: v * float("nan") for k, v in real_loss(self, batch).items()
+            }
         try:
             result["summary"] = train(
                 run_config(model), load_data(), run_dir, resume=stop_after < 0
@@ -135,6 +142,8 @@ def _worker(rank: int, world: int, port: int, out: str) -> None:
             result["interrupted"] = True
         except DiffMMError as error:
             result["error"] = [type(error).__name__, str(error)]
+        finally:
+            LightGCN.loss = real_loss
         results[name] = result
     torch.distributed.destroy_process_group()
     (Path(out) / f"rank{rank}.json").write_text(json.dumps(results, default=float))
@@ -254,6 +263,16 @@ def test_a_failed_setup_on_rank_0_stops_the_other_ranks_too(ranks):
     assert "rank 0 stopped before training" in second["error"][1]
     assert first["error"][0] != "PeerFailedError" and first["error"][1] in second["error"][1]
     assert sorted(p.name for p in (out / "refused").iterdir()) == ["run"]
+
+
+@slow
+def test_a_loss_that_diverges_on_one_rank_stops_every_rank(ranks):
+    """The ranks agree on the verdict: none is left waiting in a collective."""
+    _, results = ranks
+    first, second = (r["diverged"] for r in results)
+    assert first["error"][0] == second["error"][0] == "DivergedError"
+    assert "non-finite loss {'bpr': nan" in second["error"][1]
+    assert "non-finite loss {'on another rank': nan}" in first["error"][1]
 
 
 def _torchrun(*args: str) -> list[str]:

@@ -9,7 +9,13 @@ import pytest
 import scipy.sparse as sp
 
 from diffmm.errors import DataError
-from diffmm.sampling import NegativeSampler, bpr_epoch_batches, n_bpr_batches, sample_negatives
+from diffmm.sampling import (
+    NegativeSampler,
+    bpr_epoch_batches,
+    grown_batch,
+    n_bpr_batches,
+    sample_negatives,
+)
 from helpers import csr
 
 
@@ -105,3 +111,10 @@ def test_epoch_batches_cover_every_pair_once():
     for x, y in zip(batches, again, strict=True):
         for a, b in zip(x, y, strict=True):
             np.testing.assert_array_equal(a, b)
+
+
+def test_grown_batch_known_answers():
+    assert grown_batch(1000, 100, None) == (100, 1.0)  # off
+    assert grown_batch(1000, 100, 10) == (100, 1.0)  # 10 steps fit: unchanged
+    assert grown_batch(1001, 100, 10) == (101, pytest.approx(1.01**0.5))
+    assert grown_batch(40_000, 100, 4) == (10_000, pytest.approx(10.0))

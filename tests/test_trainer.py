@@ -221,3 +221,33 @@ def test_evaluation_gives_memory_back_before_every_score_batch(monkeypatch):
     monkeypatch.setattr(train_mod, "evaluate", spy)
     train(run_config(epochs=1), planted_dataset(), None)
     assert hooks == [train_mod.release_free_memory] * 2  # valid, then test
+
+
+def test_max_batches_per_epoch_grows_the_batch_and_the_lr(caplog, monkeypatch):
+    """Large data: a fixed number of steps per epoch, lr by the square-root rule."""
+    planted = planted_dataset()
+    pairs = planted.train.nnz
+    lrs: list[float] = []
+    sizes: list[int] = []
+    adam, batches = torch.optim.Adam, train_mod.bpr_epoch_batches
+
+    def spy_adam(params, lr):
+        lrs.append(lr)
+        return adam(params, lr=lr)
+
+    def spy_batches(*args):
+        for batch in batches(*args):
+            sizes.append(len(batch[0]))
+            yield batch
+
+    monkeypatch.setattr(train_mod.torch.optim, "Adam", spy_adam)
+    monkeypatch.setattr(train_mod, "bpr_epoch_batches", spy_batches)
+    caplog.set_level(logging.INFO, logger="diffmm.trainer")
+    train(run_config(epochs=1, batch_size=16, max_batches_per_epoch=3), planted, None)
+    batch = -(-pairs // 3)
+    assert pairs > 16 * 3 and len(sizes) == 3 and max(sizes) == batch and sum(sizes) == pairs
+    assert lrs == [pytest.approx(0.05 * (batch / 16) ** 0.5)]
+    assert any(f"batches of {batch} pairs" in r.getMessage() for r in caplog.records)
+    lrs.clear(), sizes.clear()  # small enough data: batches of batch_size, lr as set
+    train(run_config(epochs=1, batch_size=16, max_batches_per_epoch=10**6), planted, None)
+    assert lrs == [0.05] and max(sizes) == 16

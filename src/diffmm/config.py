@@ -46,6 +46,7 @@ from diffmm.errors import ConfigError
 from diffmm.evaluate import METRICS
 from diffmm.models import get_model_class, model_names
 from diffmm.models.base import MAX_COUNT, Flag, ModelConfig, authors
+from diffmm.precision import Precision
 
 #: Seeds are in ``[0, 2^63)``: what NumPy's and torch's generators both accept.
 MAX_SEED = 2**63 - 1
@@ -81,6 +82,16 @@ class TrainConfig(BaseModel):
         description="BPR triples per optimiser step [batch].",
     )
     lr: float = Field(1e-3, gt=0, description="Adam learning rate of the recommender.")
+    max_batches_per_epoch: int | None = Field(
+        None,
+        ge=1,
+        le=MAX_COUNT,
+        description="At most this many optimiser steps per epoch: on data with more than "
+        "batch_size x this many training pairs the batch grows to fit, and lr grows with "
+        "the square root of the batch's growth (Adam's square-root rule). Each step "
+        "propagates the whole graph, so this keeps an epoch's cost linear in the data. "
+        "None: batches of batch_size, however many.",
+    )
     seed: int = Field(
         421, ge=0, le=MAX_SEED, description="Seed of every random number generator, in [0, 2^63)."
     )
@@ -108,6 +119,12 @@ class TrainConfig(BaseModel):
         False,
         description="Also write losses, validation metrics and seconds per phase to "
         "<run_dir>/tensorboard/ (needs pip install 'diffmm[tensorboard]').",
+    )
+    precision: Precision = Field(
+        "fp32",
+        description="Dtype of the denoisers' and the contrastive loss's matrix products in "
+        "training: 'fp32'; 'bf16' (autocast; parameters and losses stay float32); 'auto': "
+        "bf16 only where it is fast (CUDA with bf16, CPUs with AVX-512 BF16 or AMX).",
     )
 
     @field_validator("ks")

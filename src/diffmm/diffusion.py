@@ -30,6 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from diffmm import precision
 from diffmm.errors import ConfigError
 from diffmm.ops import dropout
 
@@ -82,6 +83,15 @@ def linear_variance_betas(
     return betas
 
 
+def _dense_product(product: Callable[[Tensor], Tensor], x: Tensor) -> Tensor:
+    """``product(x)`` (a linear map of the dense ``x``) in the matrix-product dtype of
+    :mod:`diffmm.precision` (bfloat16 autocast inside :func:`~diffmm.precision.matmuls`),
+    returned in ``x``'s dtype; outside, exactly ``product(x)``."""
+    with precision.autocast(x.device.type):
+        out = product(x)
+    return out.to(x.dtype)
+
+
 def timestep_embedding(t: Tensor, dim: int) -> Tensor:
     """Sinusoidal embedding of integer steps ``t`` (shape ``(b,)``) -> ``(b, dim)``."""
     half = dim // 2
@@ -104,7 +114,9 @@ class Denoiser(nn.Module):
     that the row product needs no copy or slice of a larger weight. Initialisation as in
     the authors' code: weights ~ N(0, sqrt(2 / (fan_in + fan_out))) (for the first layer,
     fan_in = n_items + step_embedding_dim), biases ~ N(0, 0.001). Dropout on the input is
-    active in training mode only.
+    active in training mode only. The dense row products (first layer, hidden layers,
+    output layer) run in bfloat16 inside :func:`diffmm.precision.matmuls` (bfloat16);
+    activations, the step embedding and sparse products stay float32.
 
     Args:
         n_items: length of an interaction row.
@@ -156,7 +168,7 @@ class Denoiser(nn.Module):
             nn.init.normal_(layer.bias, 0.0, 0.001)
 
     def forward(self, x_t: Tensor, t: Tensor) -> Tensor:
-        return self.layers[-1](self.hidden(self.project_input(x_t), t))
+        return _dense_product(self.layers[-1], self.hidden(self.project_input(x_t), t))
 
     def project_input(self, x_t: Tensor, input_weight_t: Tensor | None = None) -> Tensor:
         """The first layer's product with the row, ``x_t W_x^T`` (no bias, no embedding).
@@ -172,7 +184,8 @@ class Denoiser(nn.Module):
             if input_weight_t is None:
                 input_weight_t = self.input_weight.T.contiguous()
             return torch.sparse.mm(x_t, input_weight_t)
-        return F.linear(dropout(x_t, self.input_dropout, self.training), self.input_weight)
+        rows = dropout(x_t, self.input_dropout, self.training)
+        return _dense_product(lambda x: F.linear(x, self.input_weight), rows)
 
     def hidden(self, projected: Tensor, t: Tensor) -> Tensor:
         """The last hidden layer's output, given :meth:`project_input` of the row."""
@@ -181,7 +194,7 @@ class Denoiser(nn.Module):
             projected + F.linear(self.step_layer(emb), self.step_weight, self.input_bias)
         )
         for layer in self.layers[:-1]:
-            h = torch.tanh(layer(h))
+            h = torch.tanh(_dense_product(layer, h))
         return h
 
     @torch.no_grad()
@@ -355,8 +368,10 @@ class GaussianDiffusion(nn.Module):
             h = denoiser.hidden(projected, t)
             c_x0 = self._at(self.posterior_coef_x0, t, projected)
             c_xt = self._at(self.posterior_coef_xt, t, projected)
-            out = torch.addmm(weights.output_to_input_bias, h, weights.output_to_input)
+            out = _dense_product(
+                lambda x: torch.addmm(weights.output_to_input_bias, x, weights.output_to_input), h
+            )
             projected = c_x0 * out + c_xt * projected
         t = self._step(0, x_t)
-        x0_hat = denoiser.layers[-1](denoiser.hidden(projected, t))
+        x0_hat = _dense_product(denoiser.layers[-1], denoiser.hidden(projected, t))
         return self._at(self.posterior_coef_x0, t, x0_hat) * x0_hat

@@ -139,6 +139,13 @@ def all_reduce_sum(tensor: Tensor) -> Tensor:
     return work.to(tensor.device)
 
 
+def any_rank(flag: bool, device: torch.device) -> bool:
+    """Whether ``flag`` is true on any rank (``flag`` itself in one process)."""
+    if not is_distributed():
+        return flag
+    return bool(all_reduce_sum(torch.tensor([float(flag)], device=device)) > 0)
+
+
 def all_reduce_grads(params: Iterator[nn.Parameter] | list[nn.Parameter]) -> None:
     """Sum the gradients of ``params`` over the ranks, in one flat reduction (a rank
     without a gradient for a parameter adds zeros and receives the sum)."""

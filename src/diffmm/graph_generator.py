@@ -13,12 +13,30 @@ embeddings, both constants here (the recommender passes them in, detached). From
 denoised rows it generates each user's top-``rebuild_k`` items (§2.2.3), from which the
 recommender builds the modality's user-item graph ``A^m``.
 
+With ``diffusion_space = "latent"`` the denoisers work as L-DiffRec's (Wang et al.,
+"Diffusion Recommender Model", SIGIR 2023, §3.4) on compressed rows: each modality clusters
+the items (k-means on its raw features, L2-normalised; on a random sketch of the items'
+interaction columns when no features are given) and an
+:class:`~diffmm.item_compression.ItemAutoencoder` encodes a row into ``z0`` of width
+``latent_dim``. The denoiser, its diffusion and its ELBO work on ``z0``; the decoded
+``x̂0`` is scored by the multinomial log-likelihood of the row (weight
+``latent_recon_weight``), and MSI compares ``x̂0 e_m`` with ``x0 E_I`` with the decoded
+``x̂0 = |x0|_1 softmax(decode(ẑ0))``, an estimate of the row on its scale:
+
+    L^m = L_elbo(z0) + λ0 · L_msi^m(decode(ẑ0)) + λ_r · NLL(x0 | decode(ẑ0))
+
+(L-DiffRec's loss, ELBO + λ · reconstruction, without its KL term: the codes are
+deterministic). Each modality's Adam updates its denoiser and its autoencoder. Generation
+encodes the row, runs the same sampler in latent space and takes the top-``rebuild_k``
+decoded items cluster by cluster, batch by batch (no users × items scores).
+
 Every method works on the users it is given, so that a caller can hand each process a
-shard of the users and gather the top-k items.
+shard of the users and gather the top-k items (the clusters depend on the items only).
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -29,6 +47,13 @@ from torch import Tensor, nn
 from diffmm import distributed, logs
 from diffmm.diffusion import Denoiser, GaussianDiffusion
 from diffmm.graph import csr_tensor
+from diffmm.item_compression import (
+    ItemAutoencoder,
+    check_latent_clusters,
+    interaction_sketch,
+    kmeans,
+    normalized_rows,
+)
 
 if TYPE_CHECKING:
     from diffmm.models.diffmm_config import DiffMMConfig
@@ -42,9 +67,18 @@ class ModalityGraphGenerator(nn.Module):
             batch sizes, MSI weight, ``sampling_steps``, ``rebuild_k``).
         train: the ``(n_users, n_items)`` training interactions: the rows to diffuse.
         modalities: the modalities' names, one denoiser each (they name the statistics).
+        item_features: each modality's raw ``(n_items, d_m)`` features, to cluster the
+            items on with ``diffusion_space = "latent"`` (default: the interactions'
+            sketch, the same clusters for every modality).
     """
 
-    def __init__(self, config: DiffMMConfig, train: sp.csr_matrix, modalities: list[str]) -> None:
+    def __init__(
+        self,
+        config: DiffMMConfig,
+        train: sp.csr_matrix,
+        modalities: list[str],
+        item_features: Sequence[Tensor | np.ndarray] | None = None,
+    ) -> None:
         super().__init__()
         self.config = config
         self.n_items = train.shape[1]
@@ -58,9 +92,11 @@ class ModalityGraphGenerator(nn.Module):
         self.diffusion = GaussianDiffusion(
             config.diffusion_steps, config.noise_scale, config.noise_min, config.noise_max
         )
+        latent = config.diffusion_space == "latent"
+        self.autoencoders = self._autoencoders(train, item_features) if latent else None
         self.denoisers = nn.ModuleList(
             Denoiser(
-                self.n_items,
+                config.latent_dim if latent else self.n_items,
                 config.denoiser_hidden_dims,
                 config.step_embedding_dim,
                 config.denoiser_dropout,
@@ -68,9 +104,29 @@ class ModalityGraphGenerator(nn.Module):
             for _ in self.modalities
         )
         self.optimizers = [
-            torch.optim.Adam(d.parameters(), lr=config.diffusion_lr, fused=True)
-            for d in self.denoisers
+            torch.optim.Adam(self._trained(m), lr=config.diffusion_lr, fused=True)
+            for m in range(len(self.modalities))
         ]
+
+    def _autoencoders(
+        self, train: sp.csr_matrix, item_features: Sequence[Tensor | np.ndarray] | None
+    ) -> nn.ModuleList:
+        """One :class:`ItemAutoencoder` per modality on its own clustering (seed 0)."""
+        cfg = self.config
+        check_latent_clusters(cfg.latent_clusters, self.n_items)
+        if item_features is None:
+            labels = kmeans(interaction_sketch(train), cfg.latent_clusters)
+            clusterings = [labels] * len(self.modalities)
+        else:
+            clusterings = [kmeans(normalized_rows(f), cfg.latent_clusters) for f in item_features]
+        return nn.ModuleList(ItemAutoencoder(labels, cfg.latent_dim) for labels in clusterings)
+
+    def _trained(self, modality: int) -> list[nn.Parameter]:
+        """What modality ``modality``'s optimiser updates: its denoiser (and autoencoder)."""
+        params = list(self.denoisers[modality].parameters())
+        if self.autoencoders is not None:
+            params += list(self.autoencoders[modality].parameters())
+        return params
 
     # ----------------------------------------------------------------- rows
     def rows(self, users: Tensor) -> Tensor:
@@ -99,7 +155,10 @@ class ModalityGraphGenerator(nn.Module):
         """
         cfg = self.config
         self.denoisers.train()
-        totals = torch.zeros(2, len(self.modalities))
+        latent = self.autoencoders is not None
+        if latent:
+            self.autoencoders.train()
+        totals = torch.zeros(3 if latent else 2, len(self.modalities))
         order = users[torch.randperm(len(users)).to(users.device)]
         n_batches = -(-len(users) // cfg.diffusion_batch_size)
         batches = logs.bar(order.split(cfg.diffusion_batch_size), total=n_batches, desc="diffusion")
@@ -109,6 +168,11 @@ class ModalityGraphGenerator(nn.Module):
                 for m, (denoiser, opt) in enumerate(
                     zip(self.denoisers, self.optimizers, strict=True)
                 ):
+                    if latent:
+                        totals[:, m] += self._latent_step(
+                            mine, len(batch), m, item_emb, modal_emb[m]
+                        )
+                        continue
                     totals[:, m] += self._step(
                         mine, len(batch), denoiser, opt, item_emb, modal_emb[m]
                     )
@@ -117,6 +181,8 @@ class ModalityGraphGenerator(nn.Module):
         for m, name in enumerate(self.modalities):
             stats[f"elbo_{name}"] = float(totals[0, m]) / n_batches
             stats[f"msi_{name}"] = float(totals[1, m]) / n_batches
+            if latent:
+                stats[f"recon_{name}"] = float(totals[2, m]) / n_batches
         return stats
 
     def _step(
@@ -148,12 +214,46 @@ class ModalityGraphGenerator(nn.Module):
         opt.zero_grad(set_to_none=True)  # also frees the gradient memory
         return sums / batch_size
 
+    def _latent_step(
+        self, users: Tensor, batch_size: int, m: int, item_emb: Tensor, modal_emb: Tensor
+    ) -> Tensor:
+        """:meth:`_step` in latent space: one Adam step on the batch's mean latent ELBO +
+        λ0 MSI (on the decoded rows) + λ_r reconstruction NLL; returns the three means."""
+        cfg = self.config
+        denoiser, autoencoder, opt = self.denoisers[m], self.autoencoders[m], self.optimizers[m]
+        modal_blocks = autoencoder.item_blocks(modal_emb)
+        sums = torch.zeros(3)
+        for chunk in users.split(cfg.diffusion_chunk_size):
+            rows = self.rows(chunk)
+            elbo, z0_hat = self.diffusion.training_loss(
+                denoiser, autoencoder.encode(rows), cfg.elbo_weighting
+            )
+            recon, p_hat, mass = autoencoder.multinomial(autoencoder.decode(z0_hat), rows)
+            # x̂0 e_m with x̂0 = |x0|_1 softmax(decoded): the mass applied after the product
+            modal = sum(p @ e for p, e in zip(p_hat, modal_blocks, strict=True))
+            msi = (mass[:, None] * modal - rows @ item_emb).pow(2).mean(dim=1)
+            losses = torch.stack([elbo.sum(), msi.sum(), recon.sum()])
+            weights = losses.new_tensor([1.0, cfg.msi_weight, cfg.latent_recon_weight])
+            ((losses * weights).sum() / batch_size).backward()
+            sums += losses.detach().cpu()
+        distributed.all_reduce_grads(self._trained(m))
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        return sums / batch_size
+
     # ----------------------------------------------------------------- generation (§2.2.3)
     @torch.no_grad()
     def denoise(self, users: Tensor, modality: int) -> Tensor:
-        """The denoised rows of ``users`` for one modality, ``(len(users), n_items)``."""
+        """The denoised rows of ``users`` for one modality, ``(len(users), n_items)``
+        (in latent space: the decoded item scores, logits)."""
         denoiser = self.denoisers[modality].eval()
-        return self.diffusion.sample(denoiser, self.rows(users), self.config.sampling_steps)
+        if self.autoencoders is None:
+            return self.diffusion.sample(denoiser, self.rows(users), self.config.sampling_steps)
+        autoencoder = self.autoencoders[modality].eval()
+        latent = self.diffusion.sample(
+            denoiser, autoencoder.encode(self.rows(users)), self.config.sampling_steps
+        )
+        return autoencoder.scores(autoencoder.decode(latent))
 
     @torch.no_grad()
     def generate(self, users: Tensor, modality: int) -> Tensor:
@@ -169,6 +269,14 @@ class ModalityGraphGenerator(nn.Module):
         n_batches = -(-len(users) // cfg.diffusion_batch_size)
         desc = f"graphs {self.modalities[modality]}"
         with logs.bar(users.split(cfg.diffusion_batch_size), total=n_batches, desc=desc) as bar:
+            if self.autoencoders is not None:
+                autoencoder = self.autoencoders[modality].eval()
+                return torch.cat(
+                    [
+                        autoencoder.topk(sample(autoencoder.encode(self.rows(b))), cfg.rebuild_k)
+                        for b in bar
+                    ]
+                )
             return torch.cat(
                 [
                     torch.topk(sample(self.rows(batch)), cfg.rebuild_k, dim=1).indices
@@ -178,7 +286,7 @@ class ModalityGraphGenerator(nn.Module):
 
     # ----------------------------------------------------------------- optimiser state
     def optimizer_state_dict(self) -> list[dict[str, Any]]:
-        """The denoisers' Adam states, one per modality (for checkpoints)."""
+        """The denoisers' (and autoencoders') Adam states, one per modality (checkpoints)."""
         return [opt.state_dict() for opt in self.optimizers]
 
     def load_optimizer_state_dict(self, states: list[dict[str, Any]]) -> None:

@@ -12,7 +12,9 @@ exponentiated in place and multiplied back while they are still in cache (the so
 column scale and the one-hot term go onto the small factors), so the full
 ``(len(a), len(b))`` logits matrix is never stored. For the contrastive loss
 of DiffMM (1024 anchors against every user or item) this saves time and frees the
-memory the logits would keep for the backward pass.
+memory the logits would keep for the backward pass. Inside
+:func:`diffmm.precision.matmuls` (bfloat16) its three products (the logits and the two
+gradient products) run in bfloat16; the softmax, log-sum-exp and sums stay float32.
 :func:`dropout` is ``F.dropout`` with its mask drawn from uniform samples: on CPU,
 PyTorch's Bernoulli sampler is slower than a uniform draw, a compare and a product, and
 DiffMM drops out every noised row its denoisers see.
@@ -27,6 +29,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+
+from diffmm import precision
 
 
 class _NormalizeRows(torch.autograd.Function):
@@ -73,17 +77,22 @@ class _MatmulCrossEntropy(torch.autograd.Function):
         weights: Tensor,
         block_rows: int,
         bounded: bool,
+        low: torch.dtype | None,
     ) -> Tensor:
         grad_a = torch.empty_like(a)
         grad_b = torch.zeros_like(b)
         total = a.new_zeros(())
+        a_low, b_low = (a, b) if low is None else (a.to(low), b.to(low))
         for start in range(0, a.shape[0], block_rows):
             rows = slice(start, start + block_rows)
             a_blk, t_blk, w_blk = a[rows], targets[rows], weights[rows]
             cols = torch.arange(len(t_blk), device=a.device)
             # Logits of the block transposed, (len(b), rows): MKL computes b @ a_blk.T
             # faster than a_blk @ b.T for these shapes.
-            logits_t = b @ a_blk.T
+            if low is None:
+                logits_t = b @ a_blk.T
+            else:  # the product in bfloat16, the softmax in float32
+                logits_t = (b_low @ a_low[rows].T).to(a.dtype)
             positive = logits_t[t_blk, cols]
             if bounded:  # exp cannot overflow: no max pass, no shift
                 shift: Tensor | float = 0.0
@@ -98,17 +107,23 @@ class _MatmulCrossEntropy(torch.autograd.Function):
             # small factors (a_blk's rows, grad_a's rows) and the one-hot part is a
             # gather and a scatter of len(t_blk) rows.
             scale = (w_blk / denom).unsqueeze(1)
-            grad_a_blk = torch.mm(probs_t.T, b, out=grad_a[rows]).mul_(scale)
+            if low is None:
+                grad_a_blk = torch.mm(probs_t.T, b, out=grad_a[rows]).mul_(scale)
+            else:
+                grad_a_blk = grad_a[rows].copy_(probs_t.T.to(low) @ b_low).mul_(scale)
             grad_a_blk.addcmul_(b.index_select(0, t_blk), w_blk.unsqueeze(1), value=-1.0)
-            grad_b.addmm_(probs_t, a_blk * scale)
+            if low is None:
+                grad_b.addmm_(probs_t, a_blk * scale)
+            else:  # accumulated in float32
+                grad_b.add_(probs_t.to(low) @ (a_blk * scale).to(low))
             grad_b.index_add_(0, t_blk, a_blk * w_blk.unsqueeze(1), alpha=-1.0)
         ctx.save_for_backward(grad_a, grad_b)
         return total
 
     @staticmethod
-    def backward(ctx: Any, grad_out: Tensor) -> tuple[Tensor, Tensor, None, None, None, None]:
+    def backward(ctx: Any, grad_out: Tensor) -> tuple[Tensor, Tensor, None, None, None, None, None]:
         grad_a, grad_b = ctx.saved_tensors
-        return grad_out * grad_a, grad_out * grad_b, None, None, None, None
+        return grad_out * grad_a, grad_out * grad_b, None, None, None, None, None
 
 
 def matmul_cross_entropy(
@@ -130,8 +145,9 @@ def matmul_cross_entropy(
             softmax skips its max pass: ``exp`` can neither overflow nor underflow.
 
     Returns ``Σ_i weights_i · CE_i``. The gradient is computed in the forward pass (under
-    ``torch.no_grad`` the plain expression is used instead); the result supports one
-    backward pass, not double differentiation.
+    ``torch.no_grad`` the plain expression is used instead, in float32); the result
+    supports one backward pass, not double differentiation. Float32 inputs have their
+    products in bfloat16 inside :func:`diffmm.precision.matmuls` (bfloat16).
     """
     if weights is None:
         weights = torch.full(targets.shape, 1.0 / len(targets), device=a.device)
@@ -139,7 +155,8 @@ def matmul_cross_entropy(
     if not (torch.is_grad_enabled() and (a.requires_grad or b.requires_grad)):
         return (weights * F.cross_entropy(a @ b.T, targets, reduction="none")).sum()
     bounded = logit_bound is not None and logit_bound <= MAX_UNSHIFTED_LOGIT
-    return _MatmulCrossEntropy.apply(a, b, targets, weights, block_rows, bounded)
+    low = precision.active() if a.dtype == b.dtype == torch.float32 else None
+    return _MatmulCrossEntropy.apply(a, b, targets, weights, block_rows, bounded, low)
 
 
 def dropout(x: Tensor, p: float, training: bool = True) -> Tensor:

@@ -112,10 +112,30 @@ def _bpr_pairs(train: sp.spmatrix, without: np.ndarray) -> tuple[np.ndarray, np.
     return users, items
 
 
+def n_bpr_pairs(train: sp.spmatrix) -> int:
+    """Training pairs of an epoch of :func:`bpr_epoch_batches`."""
+    return _bpr_pairs(train, users_without_negatives(train))[0].size
+
+
 def n_bpr_batches(train: sp.spmatrix, batch_size: int) -> int:
     """Number of batches :func:`bpr_epoch_batches` yields."""
-    users, _ = _bpr_pairs(train, users_without_negatives(train))
-    return -(-users.size // batch_size)
+    return -(-n_bpr_pairs(train) // batch_size)
+
+
+def grown_batch(n_pairs: int, batch_size: int, max_batches: int | None) -> tuple[int, float]:
+    """The batch of an epoch of ``n_pairs`` pairs in at most ``max_batches`` steps, and the
+    factor of the learning rate that goes with it.
+
+    The batch is ``batch_size`` unless that takes more than ``max_batches`` steps; then it
+    grows to ``ceil(n_pairs / max_batches)`` and the learning rate by the square root of
+    the growth, the rule under which Adam's updates keep their scale as the batch grows
+    (Malladi et al., "On the SDEs and Scaling Rules for Adaptive Gradient Algorithms",
+    NeurIPS 2022).
+    """
+    if max_batches is None or n_pairs <= batch_size * max_batches:
+        return batch_size, 1.0
+    batch = -(-n_pairs // max_batches)
+    return batch, (batch / batch_size) ** 0.5
 
 
 def bpr_epoch_batches(

@@ -31,22 +31,29 @@ import statistics
 import time
 from contextlib import ExitStack
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import numpy as np
 import torch
 
 from diffmm import checkpoint as ckpt
-from diffmm import distributed, logs, tensorboard_log, train_state
+from diffmm import distributed, divergence, logs, tensorboard_log, train_state
+from diffmm import precision as matmul_precision
 from diffmm.checkpoint import DataRef, RunDir
 from diffmm.config import RunConfig, TrainConfig
 from diffmm.data.dataset import Dataset
 from diffmm.epoch_log import Reporter, has_epoch_work, metrics_text
-from diffmm.errors import ConfigError, DivergedError
+from diffmm.errors import ConfigError
 from diffmm.evaluate import evaluate
 from diffmm.models import get_model_class
 from diffmm.models.base import Batch, Recommender
-from diffmm.sampling import NegativeSampler, bpr_epoch_batches, n_bpr_batches
+from diffmm.sampling import (
+    NegativeSampler,
+    bpr_epoch_batches,
+    grown_batch,
+    n_bpr_batches,
+    n_bpr_pairs,
+)
 from diffmm.selection import Selection
 from diffmm.utils import (
     peak_rss_mb,
@@ -115,12 +122,12 @@ class Trainer:
         )
 
     def _train_epoch(self, epoch: int) -> dict[str, float]:
-        model, cfg, optimizer = self.model, self.config, self.optimizer
+        model, optimizer = self.model, self.optimizer
         model.train()
         totals: dict[str, torch.Tensor] = {}
         n_steps = 0
-        batches = bpr_epoch_batches(self.dataset.train, cfg.batch_size, self.rng, self.sampler)
-        total = n_bpr_batches(self.dataset.train, cfg.batch_size)
+        batches = bpr_epoch_batches(self.dataset.train, self.batch_size, self.rng, self.sampler)
+        total = n_bpr_batches(self.dataset.train, self.batch_size)
         bar = logs.bar(batches, total=total, desc=f"epoch {epoch}")
         for global_batch in bar:
             arrays, scale = distributed.shard_batch(global_batch)  # as is in one process
@@ -129,8 +136,8 @@ class Trainer:
             if scale != 1.0:  # this rank's share of the global batch's mean loss
                 losses = {name: value * scale for name, value in losses.items()}
             total = sum(losses.values())
-            if not torch.isfinite(total.detach()):
-                bad = {k: float(v.detach()) for k, v in losses.items() if not v.isfinite()}
+            bad = divergence.non_finite_losses(losses, self.device)
+            if bad:
                 bar.close()
                 self._diverged(epoch, f"loss {bad} at step {n_steps + 1}", "train.lr")
             optimizer.zero_grad(set_to_none=True)
@@ -147,24 +154,15 @@ class Trainer:
         return means
 
     # ------------------------------------------------------------------ divergence
-    def _diverged(self, epoch: int, what: str, setting: str) -> None:
-        """Stop the run: a non-finite loss or parameter is never selected or saved."""
-        kept = ""
-        if self.run is not None:
-            kept = f"; {self.run.path} keeps the state after epoch {epoch - 1}"
-        values = {"train.lr": self.config.lr}
-        hint = f"{setting}={values[setting]:g}" if setting in values else setting
-        raise DivergedError(
-            f"training diverged in epoch {epoch}: non-finite {what}{kept}. Likely cause: "
-            f"{hint} is too large or the settings are unstable; lower it and start a new run"
-        )
+    def _diverged(self, epoch: int, what: str, setting: str) -> NoReturn:
+        kept = self.run.path if self.run is not None else None
+        divergence.diverged(epoch, what, setting, {"train.lr": self.config.lr}, kept)
 
     def _check_parameters(self, epoch: int, phase: str, setting: str) -> None:
         """Once per phase: every floating parameter and buffer of the model is finite."""
-        for name, value in self.model.state_dict().items():
-            if isinstance(value, torch.Tensor) and value.is_floating_point():
-                if not bool(torch.isfinite(value).all()):
-                    self._diverged(epoch, f"parameter {name!r} after the {phase}", setting)
+        name = divergence.non_finite_parameter(self.model, self.device)
+        if name is not None:
+            self._diverged(epoch, f"parameter {name!r} after the {phase}", setting)
 
     # ------------------------------------------------------------------ the loop
     def fit(self, resume: bool = False) -> dict[str, Any]:
@@ -198,7 +196,16 @@ class Trainer:
         torch.manual_seed(cfg.seed)
         self.rng = np.random.default_rng(cfg.seed)
         self.sampler = NegativeSampler(self.dataset.train)
-        self.optimizer = torch.optim.Adam(self.model.trainable_parameters(), lr=cfg.lr)
+        self.batch_size, lr_factor = grown_batch(
+            n_bpr_pairs(self.dataset.train), cfg.batch_size, cfg.max_batches_per_epoch
+        )
+        if lr_factor != 1.0:
+            self.report.info(
+                f"batches of {self.batch_size} pairs (train.max_batches_per_epoch="
+                f"{cfg.max_batches_per_epoch}), lr {cfg.lr:g} x {lr_factor:.3g}"
+            )
+        lr = cfg.lr * lr_factor
+        self.optimizer = torch.optim.Adam(self.model.trainable_parameters(), lr=lr)
         if not self.has_valid:
             self.report.warning(
                 "warning: the dataset has no validation interactions; early stopping is "
@@ -225,6 +232,12 @@ class Trainer:
                 self.model, self.optimizer, self.rng, done, self.selection
             )
         self.loss_fn = distributed.loss_function(self.model)
+        # train.precision: the dtype of the hot matrix products in the phases and the
+        # recommender pass (never in evaluation); which path ran goes into the summary.
+        self.precision = matmul_precision.describe(cfg.precision, self.device)
+        self.matmul_dtype = matmul_precision.dtype_of(self.precision)
+        if cfg.precision != "fp32":
+            self.report.info(matmul_precision.message(self.precision))
         # Without a run directory the best state is kept in memory instead of best.pt.
         self._best_in_memory: dict[str, Any] | None = None
         return done
@@ -233,10 +246,12 @@ class Trainer:
         """One epoch: per-epoch phases, recommender pass, validation, files and log."""
         t0 = self._now()
         self.model.train()
-        stats = self._run_phases(epoch)
+        with matmul_precision.matmuls(self.matmul_dtype):
+            stats = self._run_phases(epoch)
         t1 = self._now()
         distributed.sync_torch_rng(self.device)
-        losses = self._train_epoch(epoch)
+        with matmul_precision.matmuls(self.matmul_dtype):
+            losses = self._train_epoch(epoch)
         release_free_memory()
         self._check_parameters(epoch, "recommender pass", "train.lr")
         t2 = self._now()
@@ -333,6 +348,7 @@ class Trainer:
             "peak_rss_mb": peak_rss_mb(),
         }
         summary.update(distributed.summary_fields())  # nothing in one process
+        summary["precision"] = self.precision
         if sel.resumed_after:
             summary["resumed_after_epochs"] = sel.resumed_after
         if cfg.test_every_epoch:

@@ -76,6 +76,27 @@ def test_loss_reaches_every_recommender_parameter_and_no_denoiser(cl_anchor):
     assert not any(id(p) in trainable for p in model.generator.parameters())
 
 
+@pytest.mark.parametrize("negatives", ["batch", "sampled"])
+def test_estimated_contrastive_negatives_train_every_recommender_parameter(negatives):
+    torch.manual_seed(0)
+    ds = tiny_dataset(2)
+    config = small_config(contrastive_negatives=negatives, sampled_negatives=5)
+    model = DiffMM(config, ds)
+    model.begin_epoch(0)
+    losses = model.loss(a_batch(ds))
+    assert set(losses) == {"bpr", "l2", "cl"} and torch.isfinite(losses["cl"])
+    sum(losses.values()).backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in model.trainable_parameters())
+    # the same BPR and L2 as the authors' all-node negatives: only the InfoNCE differs
+    torch.manual_seed(0)
+    exact = DiffMM(small_config(), ds)
+    exact.begin_epoch(0)
+    reference = exact.loss(a_batch(ds))
+    for name in ("bpr", "l2"):
+        torch.testing.assert_close(losses[name], reference[name])
+    assert not torch.isclose(losses["cl"], reference["cl"])
+
+
 def test_epoch_phases_train_the_generator_then_regenerate_the_graphs():
     torch.manual_seed(0)
     ds = tiny_dataset(2)

@@ -25,8 +25,6 @@ Aggregation (authors' form of eq. 20), for each modality ``m`` with aligned feat
 
 from __future__ import annotations
 
-import itertools
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -35,6 +33,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from diffmm import distributed
+from diffmm.contrastive import ContrastiveAnchors, cross_modal_info_nce
 from diffmm.data.dataset import Dataset
 from diffmm.graph import (
     csr_tensor,
@@ -55,7 +54,7 @@ from diffmm.models.base import (
 )
 from diffmm.models.common import DerivedTensors, bpr_loss
 from diffmm.models.diffmm_config import DiffMMConfig
-from diffmm.ops import matmul_cross_entropy, normalize_rows
+from diffmm.ops import normalize_rows
 
 
 class DiffMM(DerivedTensors, Recommender):
@@ -70,11 +69,14 @@ class DiffMM(DerivedTensors, Recommender):
 
     @classmethod
     def check_data(cls, config: ModelConfig, dataset: Dataset) -> None:
-        """DiffMM needs at least one modality, and ``rebuild_k <= n_items``."""
+        """DiffMM needs at least one modality, ``rebuild_k <= n_items`` and, in latent
+        space, ``latent_clusters <= n_items``."""
         super().check_data(config, dataset)
         require_features(dataset, "DiffMM")
         assert isinstance(config, DiffMMConfig)
         at_most_n_items(config.rebuild_k, "diffmm.rebuild_k", dataset)
+        if config.diffusion_space == "latent":
+            at_most_n_items(config.latent_clusters, "diffmm.latent_clusters", dataset)
 
     def __init__(self, config: DiffMMConfig, dataset: Dataset) -> None:
         super().__init__()
@@ -101,7 +103,9 @@ class DiffMM(DerivedTensors, Recommender):
         for name, index in (("train_users", coo.row), ("train_items", coo.col)):
             self.register_buffer(name, torch.from_numpy(index.astype(np.int64)), persistent=False)
 
-        self.generator = ModalityGraphGenerator(config, train, self.modalities)
+        self.generator = ModalityGraphGenerator(
+            config, train, self.modalities, list(dataset.features.values())
+        )
         # A^m, one sparse (U+I)x(U+I) matrix per modality, regenerated every epoch, and
         # their transposes for the backward pass (edge dropout breaks the symmetry); with
         # scoring_graph = "whole", also A^m before edge dropout, to score users with.
@@ -312,72 +316,16 @@ class DiffMM(DerivedTensors, Recommender):
         }
         if with_cl:
             main_anchors = picked[3] if cfg.cl_anchor == "main" else None
-            losses["cl"] = cfg.cl_weight * self._contrastive(main_anchors, views, anchors)
+            losses["cl"] = cfg.cl_weight * cross_modal_info_nce(
+                main_anchors,
+                views,
+                anchors,
+                self.n_users,
+                cfg.temperature,
+                cfg.contrastive_negatives,
+                cfg.sampled_negatives,
+            )
         return losses
-
-    def _contrastive(
-        self, main_anchors: Tensor | None, views: list[Tensor], anchors: ContrastiveAnchors
-    ) -> Tensor:
-        """Cross-modal InfoNCE over the batch's users and positive items (eq. 18-19).
-
-        ``main_anchors`` are the anchors' rows of ``H̄`` (eq. 19), or None to pair every
-        two modality views (eq. 18).
-        """
-        tau = self.config.temperature
-        if main_anchors is not None:
-            anchor_rows = normalize_rows(main_anchors)  # once, for every view
-            pairs = [(anchor_rows, v) for v in views]
-        else:
-            pairs = [
-                (normalize_rows(views[a].index_select(0, anchors.nodes)), views[b])
-                for a, b in itertools.combinations(range(len(views)), 2)
-            ]
-        total = views[0].new_zeros(())
-        for anchor_rows, other in pairs:
-            a_users, a_items = (anchor_rows / tau).split([len(anchors.users), len(anchors.items)])
-            o_users, o_items = self._users_items(normalize_rows(other))
-            total = total + info_nce(a_users, o_users, anchors.users, anchors.user_weights, tau)
-            total = total + info_nce(a_items, o_items, anchors.items, anchors.item_weights, tau)
-        return total
-
-
-@dataclass(frozen=True)
-class ContrastiveAnchors:
-    """The distinct users and positive items of a batch, the anchors of eq. 18-19.
-
-    A node drawn ``k`` times in a batch of ``n`` is one anchor of weight ``k/n``: the same
-    mean over the batch's draws. ``nodes`` indexes the (U+I) rows: users, then items.
-    """
-
-    users: Tensor
-    user_weights: Tensor
-    items: Tensor
-    item_weights: Tensor
-    nodes: Tensor
-
-    @classmethod
-    def of(cls, batch: Batch, n_users: int) -> ContrastiveAnchors:
-        users, user_counts = torch.unique(batch.users, return_counts=True)
-        items, item_counts = torch.unique(batch.pos_items, return_counts=True)
-        return cls(
-            users=users,
-            user_weights=user_counts / len(batch.users),
-            items=items,
-            item_weights=item_counts / len(batch.pos_items),
-            nodes=torch.cat([users, n_users + items]),
-        )
-
-
-def info_nce(
-    anchors: Tensor, others: Tensor, positives: Tensor, weights: Tensor, temperature: float
-) -> Tensor:
-    """InfoNCE over normalised rows (eq. 18): ``Σ_j weights_j · CE_j``.
-
-    ``anchors`` are unit rows already divided by the temperature and ``others`` unit rows;
-    anchor ``j``'s positive is ``others[positives[j]]`` and its negatives all rows of
-    ``others``: a softmax cross-entropy over the cosine similarities over ``τ``.
-    """
-    return matmul_cross_entropy(anchors, others, positives, weights, logit_bound=1.0 / temperature)
 
 
 class _ParametricTrans(nn.Module):

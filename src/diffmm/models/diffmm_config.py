@@ -118,6 +118,21 @@ class DiffMMConfig(ModelConfig):
         description="InfoNCE pairs: every pair of modality views (eq. 18) or the main view "
         "against each modality view (eq. 19) [cl_method 0/1].",
     )
+    contrastive_negatives: Literal["all", "batch", "sampled"] = Field(
+        "all",
+        description="Negatives of each InfoNCE anchor (eq. 18-19): every user or item of the "
+        "other view, as in the authors' code (cost per step grows with users + items); the "
+        "batch's other anchors, as SGL does (grows with the batch squared); or "
+        "sampled_negatives nodes drawn uniformly per step and shared by the batch (grows "
+        "with batch x sampled_negatives).",
+    )
+    sampled_negatives: int = Field(
+        1024,
+        ge=1,
+        le=MAX_COUNT,
+        description="Users (for user anchors) and items (for item anchors) drawn per step "
+        "when contrastive_negatives = sampled.",
+    )
     trans: Literal["linear", "parametric"] = Field(
         "parametric",
         description="Trans of eq. 15: a Linear layer, or F_m W_m + LeakyReLU [trans 1/0].",
@@ -222,6 +237,33 @@ class DiffMMConfig(ModelConfig):
         "dropout (dropout's usual rule at inference: kept entries are scaled by 1/keep_rate "
         "in training, so the whole graph is their expectation). Not in the paper.",
     )
+    diffusion_space: Literal["items", "latent"] = Field(
+        "items",
+        description="Where the denoisers work: on users' whole interaction rows (the paper; "
+        "about 2 x n_items x hidden weights per modality), or, as L-DiffRec (Wang et al., "
+        "SIGIR 2023, §3.4), on latent_dim-wide codes of the rows from per-cluster item "
+        "autoencoders (diffmm.item_compression), for large catalogues.",
+    )
+    latent_clusters: int = Field(
+        2,
+        ge=1,
+        le=MAX_WIDTH,
+        description="Item clusters C of diffusion_space = latent, one encoder/decoder each, "
+        "at most n_items and latent_dim (L-DiffRec's default 2) [n_cate].",
+    )
+    latent_dim: int = Field(
+        300,
+        ge=1,
+        le=MAX_WIDTH,
+        description="Total latent width of diffusion_space = latent, split over the clusters "
+        "in proportion to their sizes (L-DiffRec's default 300) [in_dims].",
+    )
+    latent_recon_weight: float = Field(
+        0.03,
+        ge=0,
+        description="Weight of the autoencoders' multinomial reconstruction loss beside the "
+        "latent ELBO, with diffusion_space = latent (L-DiffRec's default 0.03) [lamda].",
+    )
 
     @field_validator("trans", "cl_anchor", mode="before")
     @classmethod
@@ -242,5 +284,10 @@ class DiffMMConfig(ModelConfig):
             raise ValueError(
                 f"sampling_steps ({self.sampling_steps}) must be at most diffusion_steps "
                 f"({self.diffusion_steps}): inference cannot noise for more steps than exist"
+            )
+        if self.diffusion_space == "latent" and self.latent_dim < self.latent_clusters:
+            raise ValueError(
+                f"latent_dim ({self.latent_dim}) must be at least latent_clusters "
+                f"({self.latent_clusters}): every cluster needs a latent width of 1 or more"
             )
         return self
