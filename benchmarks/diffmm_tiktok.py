@@ -34,6 +34,7 @@ import re
 import statistics
 from typing import Any
 
+import ablations
 from common import (
     PHASES,
     RESULTS,
@@ -50,7 +51,7 @@ from common import (
 )
 
 #: Variants of the paper's ablation (§3.3), as settings on top of the TikTok preset.
-VARIANTS: dict[str, list[str]] = {
+ABLATIONS: dict[str, list[str]] = {
     "DiffMM": [],
     "w/o CL": ["cl_weight=0"],
     "w/o MSI": ["msi_weight=0"],
@@ -58,6 +59,11 @@ VARIANTS: dict[str, list[str]] = {
     # Fig. 4's fusion ratio: 0 is "w/o DM", 1 the full model, 0.5 half of each graph.
     "fusion 0.5": ["diffusion_graph_ratio=0.5"],
 }
+#: Issue 13's options for large data that apply at TikTok's size, against the full model.
+OPTION_VARIANTS: dict[str, list[str]] = {
+    "large-data options": ["contrastive_negatives=sampled", "diffusion_space=latent"],
+}
+VARIANTS = {**ABLATIONS, **OPTION_VARIANTS}
 METRICS = ("recall@10", "recall@20", "ndcg@10", "ndcg@20", "precision@10", "precision@20")
 SPEED = "speed"
 #: Prefix of the variants that try one setting on top of the preset (``--tune``).
@@ -232,6 +238,10 @@ def write_reports(records: dict[str, dict[str, Any]]) -> None:
             "change against the equations in float64); their float32 rounding differs, "
             "which acts like a different seed.",
         ]
+    ablation_rows = ablations.summary(records, list(ABLATIONS))
+    lines += ablations.section(ablation_rows)
+    options = ablations.summary(records, ["DiffMM", *OPTION_VARIANTS])
+    lines += ablations.section(options, "Large-data options (issue 13) against the full model")
     lines += tuning_section(records)
     if main:
         lines += [
@@ -330,11 +340,8 @@ def write_reports(records: dict[str, dict[str, Any]]) -> None:
         },
         "peak_rss_mb": max((r["peak_rss_mb"] for r in timed), default=None),
         "revision": revisions[-1] if len(revisions) == 1 else revisions,
-        "ablations": {
-            r["variant"]: r["test"]
-            for r in records.values()
-            if r["variant"] in VARIANTS and r["variant"] != "DiffMM"
-        },
+        "ablations": ablation_rows,
+        "options": options,
         # One entry per (setting, seed), keyed like the runs: "n_layers=2/seed421".
         "tuning": {
             f"{r['variant'].removeprefix(TUNE)}/seed{r['seed']}": {

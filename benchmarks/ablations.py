@@ -1,0 +1,191 @@
+"""Ablations of DiffMM on TikTok, paired by seed and by user (issue 15 §1).
+
+Each variant is compared with the full model on the seeds both were run with, two ways:
+
+- over seeds: the mean of the per-seed differences of validation-selected test
+  Recall@20, with a t interval over seeds (the spread of training runs);
+- over users: the runs' best models scored per user on test (``diffmm.compare``); each
+  user's difference is averaged over the seeds, and the paired bootstrap interval and
+  sign-flip p-value over users come from :func:`diffmm.compare.paired_comparison` (the
+  sampling noise of the fixed test set). Needs the runs' directories; without them the
+  row says so.
+
+Used by ``diffmm_tiktok.py``; the runs are its records.
+"""
+
+from __future__ import annotations
+
+import statistics
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from common import REPO, mean_std
+
+FULL = "DiffMM"
+METRIC = "recall@20"
+
+
+def _run_dir(record: dict[str, Any]) -> Path:
+    command = record["command"].split()
+    return REPO / command[command.index("--out") + 1]
+
+
+def _per_user(record: dict[str, Any], cache: dict[str, np.ndarray]) -> np.ndarray | None:
+    from diffmm.compare import per_user_metrics
+
+    run_dir = _run_dir(record)
+    key = str(run_dir)
+    if key not in cache:
+        if not (run_dir / "best.pt").exists():
+            return None
+        users, values = per_user_metrics(run_dir, "test", ks=(20,), metrics=["recall"])
+        cache[key] = values[METRIC][np.argsort(users)]
+    return cache[key]
+
+
+def t_interval(diffs: list[float], confidence: float = 0.95) -> list[float] | None:
+    """The t interval of the mean of ``diffs``; None for fewer than 2 values."""
+    from scipy import stats
+
+    if len(diffs) < 2:
+        return None
+    half = stats.t.ppf((1 + confidence) / 2, len(diffs) - 1) * statistics.stdev(diffs)
+    half /= len(diffs) ** 0.5
+    mean = statistics.fmean(diffs)
+    return [mean - half, mean + half]
+
+
+def paired(
+    full: dict[int, dict[str, Any]], variant: dict[int, dict[str, Any]], cache: dict
+) -> dict[str, Any] | None:
+    """The variant minus the full model, over their common seeds."""
+    from diffmm.compare import paired_comparison
+
+    seeds = sorted(set(full) & set(variant))
+    if not seeds:
+        return None
+    diffs = [variant[s]["test"][METRIC] - full[s]["test"][METRIC] for s in seeds]
+    out: dict[str, Any] = {
+        "seeds": seeds,
+        "diff_per_seed": diffs,
+        "mean_diff": statistics.fmean(diffs),
+        "t_ci95_over_seeds": t_interval(diffs),
+    }
+    a = [_per_user(full[s], cache) for s in seeds]
+    b = [_per_user(variant[s], cache) for s in seeds]
+    if all(x is not None for x in a + b):
+        result = paired_comparison(np.mean(a, axis=0), np.mean(b, axis=0))
+        out["per_user"] = {k: result[k] for k in ("diff", "ci_low", "ci_high", "p_value")}
+        out["per_user"]["n_users"] = result["n_users"]
+    else:
+        out["per_user"] = None  # the run directories are not here
+    return out
+
+
+def summary(records: dict[str, dict[str, Any]], variants: list[str]) -> dict[str, Any]:
+    """``{variant: {"val_selected_test_recall@20": [per seed], ..., "vs_full": ...}}``."""
+    by_variant: dict[str, dict[int, dict[str, Any]]] = {}
+    for r in records.values():
+        if r["variant"] in variants:
+            by_variant.setdefault(r["variant"], {})[int(r["seed"])] = r
+    cache: dict[str, np.ndarray] = {}
+    out = {}
+    for variant in variants:
+        runs = by_variant.get(variant, {})
+        if not runs:
+            continue
+        seeds = sorted(runs)
+        recall = [runs[s]["test"][METRIC] for s in seeds]
+        out[variant] = {
+            "seeds": seeds,
+            "val_selected_test_recall@20": recall,
+            "valid_recall@20": [runs[s]["valid_recall@20"] for s in seeds],
+            "best_epoch": [runs[s]["best_epoch"] for s in seeds],
+            "revision": [runs[s]["revision"] for s in seeds],
+            "mean": statistics.fmean(recall),
+            "std": statistics.stdev(recall) if len(recall) > 1 else None,
+        }
+        if variant != FULL and FULL in by_variant:
+            out[variant]["vs_full"] = paired(by_variant[FULL], runs, cache)
+    return out
+
+
+def verdict(ablations: dict[str, Any], variant: str = "w/o DM") -> str | None:
+    """One sentence: do the diffusion graphs help here (per-user interval if present)."""
+    row = ablations.get(variant, {}).get("vs_full")
+    if not row:
+        return None
+    seeds = ", ".join(map(str, row["seeds"]))
+    pu = row.get("per_user")
+    if pu is not None:
+        low, high = pu["ci_low"], pu["ci_high"]
+        where = (
+            f"{pu['diff']:+.4f} per user over seeds {seeds} (95% bootstrap interval "
+            f"[{low:+.4f}, {high:+.4f}], p = {pu['p_value']:.3g})"
+        )
+    elif row["t_ci95_over_seeds"] is not None:
+        low, high = row["t_ci95_over_seeds"]
+        where = f"{row['mean_diff']:+.4f} over seeds {seeds} (95% t interval "
+        where += f"[{low:+.4f}, {high:+.4f}])"
+    else:
+        low = high = None
+        where = f"{row['mean_diff']:+.4f} with seed {seeds}"
+    if low is None or high is None:
+        answer = "one seed gives no interval, so this does not answer whether they help yet"
+    elif high < 0:
+        answer = "the diffusion-generated graphs help on TikTok"
+    elif low > 0:
+        answer = "the diffusion-generated graphs hurt on TikTok"
+    else:
+        answer = (
+            "on TikTok the diffusion-generated graphs make no difference that these runs can detect"
+        )
+    return (
+        "w/o DM (a random edge-dropped training graph in place of the diffusion-generated "
+        f"ones) minus the full model, validation-selected test Recall@20: {where}; {answer}."
+    )
+
+
+def section(ablations: dict[str, Any], title: str = "Ablations, paired by seed and by user"):
+    """The report's table of :func:`summary` rows (and :func:`verdict`'s sentence)."""
+    if len(ablations) < 2:
+        return []
+    lines = [
+        "",
+        f"## {title}",
+        "",
+        "Validation-selected test Recall@20; the difference is the variant minus the full "
+        "model on the same seeds: over seeds with a t interval (training noise), and per "
+        "user averaged over those seeds with a paired bootstrap interval and sign-flip p "
+        "(test-set noise).",
+        "",
+        "| variant | seeds | test recall@20 | Δ over seeds [95% t] | Δ per user [95% bootstrap] "
+        "| p | revisions |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for variant, row in ablations.items():
+        vs = row.get("vs_full")
+        over_seeds = per_user = p = "–"
+        if vs:
+            over_seeds = f"{vs['mean_diff']:+.4f}"
+            if vs["t_ci95_over_seeds"]:
+                lo, hi = vs["t_ci95_over_seeds"]
+                over_seeds += f" [{lo:+.4f}, {hi:+.4f}]"
+            if vs.get("per_user"):
+                pu = vs["per_user"]
+                per_user = f"{pu['diff']:+.4f} [{pu['ci_low']:+.4f}, {pu['ci_high']:+.4f}]"
+                p = f"{pu['p_value']:.3g}"
+            else:
+                per_user = "run directories absent"
+        revisions = ", ".join(sorted({r[:7] for r in row["revision"]}))
+        lines.append(
+            f"| {variant} | {', '.join(map(str, row['seeds']))} | "
+            f"{mean_std(row['val_selected_test_recall@20'])} | {over_seeds} | {per_user} | "
+            f"{p} | {revisions} |"
+        )
+    sentence = verdict(ablations)
+    if sentence:
+        lines += ["", sentence]
+    return lines

@@ -1,0 +1,324 @@
+"""One DiffMM epoch as the data grow: seconds per phase, peak RSS, denoiser size (issue 13 §6).
+
+Each measurement is a child process (its peak RSS is its own) that builds synthetic data
+(``make_synthetic``, about 10 interactions per user), builds DiffMM with the given
+settings and runs the four parts of an epoch with the library's own code: the
+generator's diffusion pass (``ModalityGraphGenerator.train_epoch``), graph generation
+(``generate`` + ``topk_bipartite``), the recommender pass (BPR + InfoNCE + Adam steps on
+the trainer's batches, grown by ``train.max_batches_per_epoch`` when set) and scoring
+every user against every item with a top-20.
+
+A part that would take more than ``--budget`` batches runs that many and is scaled up
+to the whole epoch (batches of one part cost the same); such rows say
+``"extrapolated": true``. For graph generation on an extrapolated row the users not
+denoised get random top-k items, so the recommender pass runs on graphs of the real
+size. Peak RSS is the child's high-water mark: the model, the graphs and one batch of
+each part, which is what a whole epoch holds as well.
+
+The 1-vs-2-process rows run ``diffmm train`` itself for one epoch, with and without
+``torchrun --nproc-per-node 2`` (gloo), on the same data and seed, and record the
+seconds of that epoch from ``log.jsonl`` and the validation metrics of both runs.
+
+    python benchmarks/scale.py                          # every size, options off and on
+    python benchmarks/scale.py --sizes 10000x5000 --options on --processes-size ''
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import os
+import resource
+import shlex
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from common import REPO, RESULTS, git_revision, machine_info, write_atomic
+
+SIZES = ("10000x5000", "50000x20000", "200000x50000", "1000000x100000")
+PER_USER = 10
+#: The settings of each option set: today's defaults, and the `large` preset's options.
+OPTIONS: dict[str, list[str]] = {
+    "off": [],
+    "on": [
+        "train.max_batches_per_epoch=64",
+        "contrastive_negatives=sampled",
+        "diffusion_space=latent",
+    ],
+}
+PHASES = ("diffusion", "graphs", "recommender", "eval")
+
+
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def timed(fn, *args):  # noqa: ANN001, ANN202 - a tiny local helper
+    start = time.perf_counter()
+    out = fn(*args)
+    return out, time.perf_counter() - start
+
+
+def child(n_users: int, n_items: int, sets: list[str], budget: int) -> dict[str, Any]:
+    """One measurement in this process (see the module docstring)."""
+    import torch
+
+    from diffmm.config import resolve_config
+    from diffmm.data import make_synthetic
+    from diffmm.graph import topk_bipartite
+    from diffmm.models import get_model_class
+    from diffmm.models.base import Batch
+    from diffmm.sampling import NegativeSampler, bpr_epoch_batches, grown_batch, n_bpr_pairs
+    from diffmm.utils import seed_everything
+
+    data, data_seconds = timed(
+        make_synthetic, n_users, n_items, 16, PER_USER
+    )  # positional: n_users, n_items, n_factors, interactions_per_user
+    config = resolve_config("diffmm", overrides=["train.progress=false", *sets])
+    rng = seed_everything(config.train.seed)
+    model = get_model_class("diffmm")(config.params, data)
+    cfg = config.params
+    seconds: dict[str, float] = {}
+    extrapolated = False
+
+    # 1. the generator's diffusion pass, over a share of the users if need be
+    users = torch.randperm(n_users)
+    share = min(n_users, budget * cfg.diffusion_batch_size)
+    extrapolated |= share < n_users
+    with torch.no_grad():
+        item_emb = model.item_emb.detach()
+        modal_emb = [f.detach() for f in model.aligned_features()]
+    _, s = timed(model.generator.train_epoch, users[:share], item_emb, modal_emb)
+    seconds["diffusion"] = s * n_users / share
+
+    # 2. graph generation: the generator's top-k for (a share of) the users
+    graphs, generating, building = [], 0.0, 0.0
+    k = cfg.rebuild_k
+    for m in range(len(model.modalities)):
+        with torch.no_grad():
+            items, s = timed(model.generator.generate, users[:share], m)
+        generating += s
+        rest = torch.randint(n_items, (n_users - share, k))  # the users not denoised
+        all_items = torch.empty(n_users, k, dtype=torch.long)
+        all_items[users[:share]], all_items[users[share:]] = items, rest
+        graph, s = timed(
+            topk_bipartite,
+            torch.arange(n_users).repeat_interleave(k),
+            all_items.reshape(-1),
+            n_users,
+            n_items,
+        )
+        building += s  # already for every user
+        graphs.append(graph)
+    seconds["graphs"] = generating * n_users / share + building
+    model.set_modality_graphs(graphs)
+
+    # 3. the recommender pass on the trainer's batches (grown if asked), Adam steps
+    tcfg = config.train
+    batch_size, lr_factor = grown_batch(
+        n_bpr_pairs(data.train), tcfg.batch_size, tcfg.max_batches_per_epoch
+    )
+    optimizer = torch.optim.Adam(model.trainable_parameters(), lr=tcfg.lr * lr_factor)
+    sampler = NegativeSampler(data.train)
+    n_batches = -(-n_bpr_pairs(data.train) // batch_size)
+    steps = min(n_batches, budget)
+    extrapolated |= steps < n_batches
+    model.train()
+    batches = bpr_epoch_batches(data.train, batch_size, rng, sampler)
+    first, negatives = timed(next, batches)  # the epoch's negatives are drawn up front
+    start = time.perf_counter()
+    for arrays in itertools.chain([first], itertools.islice(batches, steps - 1)):
+        loss = sum(model.loss(Batch(*(torch.from_numpy(x) for x in arrays))).values())
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+    seconds["recommender"] = negatives + (time.perf_counter() - start) * n_batches / steps
+
+    # 4. scoring: every item for (a share of) the users, top-20 of each
+    model.eval()
+    eval_share = min(n_users, budget * tcfg.eval_batch_size)
+    extrapolated |= eval_share < n_users
+    start = time.perf_counter()
+    with torch.no_grad():
+        embeddings = model.embeddings()
+        for batch in torch.arange(eval_share).split(tcfg.eval_batch_size):
+            torch.topk(model.scores(batch, embeddings), 20)
+    seconds["eval"] = (time.perf_counter() - start) * n_users / eval_share
+    return {
+        "users": n_users,
+        "items": n_items,
+        "interactions": int(data.train.nnz + data.valid.nnz + data.test.nnz),
+        "processes": 1,
+        "options": sets,
+        "seconds_per_epoch": sum(seconds.values()),
+        "seconds_per_phase": seconds,
+        "extrapolated": bool(extrapolated),
+        "budget_batches": budget,
+        "recommender_batch": batch_size,
+        "recommender_batches": n_batches,
+        "peak_rss_mb": peak_rss_mb(),
+        "denoiser_parameters": sum(p.numel() for p in model.generator.parameters()),
+        "data_seconds": data_seconds,
+        "modalities": list(model.modalities),
+    }
+
+
+def measure(size: str, options: str, budget: int) -> dict[str, Any]:
+    n_users, n_items = (int(x) for x in size.split("x"))
+    cmd = [
+        sys.executable,
+        __file__,
+        "--child",
+        json.dumps([n_users, n_items, OPTIONS[options], budget]),
+    ]
+    env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "2")}
+    out = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=REPO)
+    if out.returncode != 0:
+        return {
+            "users": n_users,
+            "items": n_items,
+            "processes": 1,
+            "options": OPTIONS[options],
+            "failed": out.stderr.strip().splitlines()[-1:],
+            "peak_rss_mb": None,
+        }
+    row = json.loads(out.stdout.strip().splitlines()[-1])
+    row["option_set"] = options
+    return row
+
+
+def processes_rows(size: str, seed: int = 421) -> list[dict[str, Any]]:
+    """One epoch of ``diffmm train`` in 1 process and in 2 (torchrun, gloo)."""
+    n_users, n_items = (int(x) for x in size.split("x"))
+    spec = f"synthetic:n_users={n_users},n_items={n_items},interactions_per_user={PER_USER}"
+    bin_dir = Path(sys.executable).parent
+    rows = []
+    for processes in (1, 2):
+        with tempfile.TemporaryDirectory() as tmp:
+            out = Path(tmp) / "run"
+            train = ["train", "--model", "diffmm", "--data", spec, "--out", str(out)]
+            sets = ["train.epochs=1", f"train.seed={seed}", "train.progress=false"]
+            args = [*train, *(x for s in sets for x in ("--set", s))]
+            if processes == 1:
+                cmd = [str(bin_dir / "diffmm"), *args]
+                env = {**os.environ, "OMP_NUM_THREADS": "2"}
+            else:
+                torchrun = [str(bin_dir / "torchrun"), "--nproc-per-node", "2"]
+                cmd = [*torchrun, "-m", "diffmm", *args]
+                env = {**os.environ, "OMP_NUM_THREADS": "1"}  # one core each
+            start = time.perf_counter()
+            subprocess.run(cmd, check=True, capture_output=True, env=env, cwd=REPO)
+            wall = time.perf_counter() - start
+            (record,) = [json.loads(x) for x in (out / "log.jsonl").read_text().splitlines()]
+            rows.append(
+                {
+                    "users": n_users,
+                    "items": n_items,
+                    "interactions": None,
+                    "processes": processes,
+                    "options": [],
+                    "option_set": "off",
+                    "command": shlex.join(cmd).replace(str(out), "RUN"),
+                    "seconds_per_epoch": record["seconds"],
+                    "seconds_per_phase": {
+                        k.removeprefix("seconds_"): v
+                        for k, v in record.items()
+                        if k.startswith("seconds_")
+                    },
+                    "wall_seconds": wall,
+                    "valid": record["valid"],
+                    "extrapolated": False,
+                    "peak_rss_mb": None,
+                    "denoiser_parameters": None,
+                }
+            )
+    return rows
+
+
+def markdown(meta: dict[str, Any], rows: list[dict[str, Any]]) -> str:
+    lines = [
+        "# DiffMM at scale: one epoch",
+        "",
+        f"Command: `{meta['command']}`. Revision `{meta['revision']}`; machine: "
+        f"{meta['machine']['cpu']}, {meta['machine']['cores']} cores, {meta['machine']['date']}"
+        f" (load average before {meta['load_before']:.2f}).",
+        "",
+        "Options `on`: " + ", ".join(f"`{s}`" for s in OPTIONS["on"]) + ". Rows marked "
+        "extrapolated ran at most the budget of batches per part and scale the time up to "
+        "the epoch (module docstring of `benchmarks/scale.py`).",
+        "",
+        "| users | items | interactions | processes | options | s/epoch | diffusion | graphs "
+        "| recommender | eval | extrapolated | peak RSS MB | denoiser params |",
+        "|---:|---:|---:|---:|---|---:|---:|---:|---:|---:|---|---:|---:|",
+    ]
+    for r in rows:
+        if "failed" in r:
+            lines.append(
+                f"| {r['users']:,} | {r['items']:,} | | 1 | {r.get('option_set', '')} | "
+                f"failed: {' '.join(r['failed'])[:120]} | | | | | | | |"
+            )
+            continue
+        p = r["seconds_per_phase"]
+        cells = [f"{p[k]:.1f}" if k in p else "–" for k in PHASES]
+        if r["processes"] > 1 or "train" in p:
+            cells = [f"{p.get(k, 0):.1f}" for k in ("diffusion", "graphs", "train", "eval")]
+        lines.append(
+            f"| {r['users']:,} | {r['items']:,} | {r['interactions'] or '':,} | "
+            f"{r['processes']} | {r.get('option_set', '')} | {r['seconds_per_epoch']:.1f} | "
+            + " | ".join(cells)
+            + f" | {'yes' if r['extrapolated'] else 'no'} | "
+            f"{r['peak_rss_mb'] or 0:.0f} | {r['denoiser_parameters'] or 0:,} |"
+        )
+    proc = [r for r in rows if "valid" in r]
+    if len(proc) == 2:
+        one, two = proc
+        lines += [
+            "",
+            f"1 vs 2 processes ({one['users']:,} x {one['items']:,}, one epoch, same seed): "
+            f"{one['seconds_per_epoch']:.1f} s vs {two['seconds_per_epoch']:.1f} s "
+            f"({one['seconds_per_epoch'] / two['seconds_per_epoch']:.2f}x throughput); "
+            f"valid recall@20 {one['valid']['recall@20']:.4f} vs "
+            f"{two['valid']['recall@20']:.4f}.",
+        ]
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--sizes", default=",".join(SIZES), help="USERSxITEMS,...")
+    parser.add_argument("--options", default="off,on", help="Option sets: off, on.")
+    parser.add_argument("--budget", type=int, default=8, help="Batches per part at most.")
+    parser.add_argument("--processes-size", default="10000x5000", help="'' to skip.")
+    parser.add_argument("--child", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        print(json.dumps(child(*json.loads(args.child))))
+        return
+    meta = {
+        "command": "python benchmarks/scale.py " + shlex.join(sys.argv[1:]),
+        "revision": git_revision(),
+        "machine": machine_info(),
+        "load_before": os.getloadavg()[0],
+    }
+    out = RESULTS / "scale.json"
+    rows: list[dict[str, Any]] = []
+    for size in [s for s in args.sizes.split(",") if s]:
+        for options in [o for o in args.options.split(",") if o]:
+            print(f"{size} options {options}", flush=True)
+            rows.append(measure(size, options, args.budget))
+            print(json.dumps(rows[-1]), flush=True)
+            write_atomic(out, json.dumps({**meta, "rows": rows}, indent=2) + "\n")
+    if args.processes_size:
+        rows += processes_rows(args.processes_size)
+    write_atomic(out, json.dumps({**meta, "rows": rows}, indent=2) + "\n")
+    write_atomic(RESULTS / "scale.md", markdown(meta, rows))
+    print((RESULTS / "scale.md").read_text())
+
+
+if __name__ == "__main__":
+    main()
