@@ -115,6 +115,21 @@ def test_epoch_phases_train_the_generator_then_regenerate_the_graphs():
         assert torch.equal(a.to_dense(), b.to_dense())
 
 
+def test_diffusion_users_per_epoch_trains_a_fresh_sample_of_users(monkeypatch):
+    torch.manual_seed(0)
+    ds = tiny_dataset(1)
+    seen: list[torch.Tensor] = []
+    for sample in (7, None):
+        model = DiffMM(small_config(diffusion_users_per_epoch=sample), ds)
+        monkeypatch.setattr(model.generator, "train_epoch", lambda users, *_: seen.append(users))
+        model.train_generator()
+        model.train_generator()
+    first, second, whole, _ = seen
+    assert len(first) == len(second) == 7 and not torch.equal(first, second)
+    assert len(set(first.tolist())) == 7 and first.max() < ds.n_users
+    assert torch.equal(whole, torch.arange(ds.n_users))
+
+
 def test_diffusion_phase_updates_the_generator_only():
     torch.manual_seed(0)
     ds = tiny_dataset(2)

@@ -183,6 +183,7 @@ class DiffMM(DerivedTensors, Recommender):
 
         MSI's targets are the item ID embeddings and aligned features, detached; nothing
         is trained when the graphs are random ones only (``diffusion_graph_ratio = 0``).
+        With ``diffusion_users_per_epoch`` the pass covers that many users, drawn anew.
         """
         if self.config.diffusion_graph_ratio == 0:
             return {}
@@ -190,6 +191,9 @@ class DiffMM(DerivedTensors, Recommender):
             item_emb = self.item_emb.detach()
             modal_emb = [f.detach() for f in self.aligned_features()]
         users = torch.arange(self.n_users, device=self.user_emb.device)
+        sample = self.config.diffusion_users_per_epoch
+        if sample is not None and sample < self.n_users:  # the same draw on every rank
+            users = torch.randperm(self.n_users, device=users.device)[:sample].sort().values
         return self.generator.train_epoch(users, item_emb, modal_emb)
 
     @torch.no_grad()

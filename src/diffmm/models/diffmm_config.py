@@ -210,6 +210,14 @@ class DiffMMConfig(ModelConfig):
     diffusion_batch_size: int = Field(
         1024, ge=1, le=MAX_COUNT, description="Users per diffusion step [batch]."
     )
+    diffusion_users_per_epoch: int | None = Field(
+        None,
+        ge=1,
+        le=MAX_COUNT,
+        description="Users the denoisers train on per epoch, drawn afresh each epoch (None: "
+        "every user, as in the paper). On large data this bounds the diffusion pass, whose "
+        "cost per user grows with the items; graphs are still generated for every user.",
+    )
     diffusion_chunk_size: int = Field(
         256,
         ge=1,
