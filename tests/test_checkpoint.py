@@ -24,8 +24,8 @@ from helpers import diffmm_command
 DATA = "synthetic:n_users=160,n_items=90,interactions_per_user=10"
 
 
-def _config(model: str = "diffmm", epochs: int = 4):
-    overrides = [f"train.epochs={epochs}", "train.progress=false", "train.patience=50"]
+def _config(model: str = "diffmm", epochs: int = 4, *more: str):
+    overrides = [f"train.epochs={epochs}", "train.progress=false", "train.patience=50", *more]
     if model == "diffmm":
         overrides += ["denoiser_hidden_dims=[32]", "diffusion_batch_size=64"]
     return resolve_config(model, overrides=overrides)
@@ -92,9 +92,10 @@ def test_a_run_directory_holds_config_data_ids_log_and_checkpoints(tmp_path):
     assert [r["epoch"] for r in _log(run)] == [1, 2]
 
 
-@pytest.mark.parametrize("model", ["lightgcn", "diffmm"])
+@pytest.mark.parametrize("model", ["lightgcn", "diffmm", "lightgcn+ema"])
 def test_a_resumed_run_ends_exactly_like_an_uninterrupted_one(tmp_path, model):
-    config = _config(model)
+    model, _, ema = model.partition("+")
+    config = _config(model, 4, *(["train.ema_decay=0.9"] if ema else []))
     full = _train(tmp_path / "full", config)
     with pytest.raises(Crash):
         _train(tmp_path / "crashed", config, crash_after=2)

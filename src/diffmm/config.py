@@ -82,6 +82,14 @@ class TrainConfig(BaseModel):
         description="BPR triples per optimiser step [batch].",
     )
     lr: float = Field(1e-3, gt=0, description="Adam learning rate of the recommender.")
+    ema_decay: float | None = Field(
+        None,
+        gt=0,
+        lt=1,
+        description="Keep an exponential moving average of the recommender's parameters, "
+        "updated after every step with this decay (e.g. 0.99); validation, selection, "
+        "best.pt and test use the average. None: the raw parameters.",
+    )
     max_batches_per_epoch: int | None = Field(
         None,
         ge=1,

@@ -17,6 +17,7 @@ import torch
 from diffmm import checkpoint as ckpt
 from diffmm import distributed
 from diffmm.checkpoint import RunDir
+from diffmm.ema import ParameterAverage
 from diffmm.errors import DataError
 from diffmm.models.base import Recommender
 from diffmm.selection import Selection
@@ -30,19 +31,21 @@ def save_last(
     optimizer: torch.optim.Optimizer,
     rng: np.random.Generator,
     selection: Selection,
+    ema: ParameterAverage | None = None,
 ) -> None:
-    """The full state after ``epoch``: what ``--resume`` needs to go on identically."""
-    run.save(
-        ckpt.LAST,
-        {
-            "epoch": epoch,
-            "model": model.state_dict(),
-            "model_extra": model.extra_state_dict(),
-            "optimizer": optimizer.state_dict(),
-            "rng": capture_rng(rng),
-            "selection": asdict(selection),
-        },
-    )
+    """The full state after ``epoch``: what ``--resume`` needs to go on identically
+    (with ``train.ema_decay``, the average too)."""
+    state = {
+        "epoch": epoch,
+        "model": model.state_dict(),
+        "model_extra": model.extra_state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "rng": capture_rng(rng),
+        "selection": asdict(selection),
+    }
+    if ema is not None:
+        state["ema"] = ema.state_dict()
+    run.save(ckpt.LAST, state)
 
 
 def save_best(
@@ -67,6 +70,7 @@ def load_last(
     optimizer: torch.optim.Optimizer,
     rng: np.random.Generator,
     metric: str,
+    ema: ParameterAverage | None = None,
 ) -> tuple[int, Selection]:
     """Restore ``last.pt`` into ``model``, ``optimizer`` and ``rng``; returns the last
     finished epoch and the selection state.
@@ -83,6 +87,8 @@ def load_last(
         optimizer.load_state_dict(state["optimizer"])
         restore_rng(state["rng"], rng)
         sel = Selection(**state["selection"])
+        if ema is not None:
+            ema.load_state_dict(state["ema"])
     except (RuntimeError, KeyError, TypeError, ValueError) as exc:
         raise DataError(
             f"{run / ckpt.LAST}: does not fit the model and settings of this run "
@@ -98,7 +104,11 @@ def load_last(
                     f"{run / ckpt.BEST}: holds epoch {best_epoch} but the run selected "
                     f"epoch {sel.best_epoch}; the run directory was modified by hand"
                 )
-            save_best(run, epoch, metric, sel, state["model"])
+            if ema is None:
+                save_best(run, epoch, metric, sel, state["model"])
+            else:  # the selected model is the average
+                with ema.swapped():
+                    save_best(run, epoch, metric, sel, model.state_dict())
     return epoch, sel
 
 
@@ -108,6 +118,7 @@ def broadcast_resumed(
     rng: np.random.Generator,
     epoch: int,
     selection: Selection,
+    ema: ParameterAverage | None = None,
 ) -> tuple[int, Selection]:
     """Rank 0's training state (after :func:`load_last`, or a fresh start) on every rank:
     model, optimiser, random generators, last epoch and selection; returns the latter two.
@@ -126,10 +137,13 @@ def broadcast_resumed(
             "optimizer": optimizer.state_dict(),
             "rng": capture_rng(rng),
             "selection": asdict(selection),
+            "ema": ema.state_dict() if ema is not None else None,
         }
     )
     model.load_state_dict(state["model"])
     model.load_extra_state_dict(state["model_extra"])
     optimizer.load_state_dict(state["optimizer"])
     restore_rng(state["rng"], rng)
+    if ema is not None:
+        ema.load_state_dict(state["ema"])
     return int(state["epoch"]), Selection(**state["selection"])

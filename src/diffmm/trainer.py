@@ -29,7 +29,7 @@ from __future__ import annotations
 import copy
 import statistics
 import time
-from contextlib import ExitStack
+from contextlib import AbstractContextManager, ExitStack, nullcontext
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -47,12 +47,11 @@ from diffmm.errors import ConfigError
 from diffmm.evaluate import evaluate
 from diffmm.models import get_model_class
 from diffmm.models.base import Batch, Recommender
+from diffmm.optimisation import optimisation
 from diffmm.sampling import (
     NegativeSampler,
     bpr_epoch_batches,
-    grown_batch,
     n_bpr_batches,
-    n_bpr_pairs,
 )
 from diffmm.selection import Selection
 from diffmm.utils import (
@@ -143,6 +142,8 @@ class Trainer:
             optimizer.zero_grad(set_to_none=True)
             total.backward()
             optimizer.step()
+            if self.ema is not None:
+                self.ema.update()
             for name, value in losses.items():
                 value = value.detach()
                 totals[name] = totals[name] + value if name in totals else value
@@ -196,16 +197,9 @@ class Trainer:
         torch.manual_seed(cfg.seed)
         self.rng = np.random.default_rng(cfg.seed)
         self.sampler = NegativeSampler(self.dataset.train)
-        self.batch_size, lr_factor = grown_batch(
-            n_bpr_pairs(self.dataset.train), cfg.batch_size, cfg.max_batches_per_epoch
-        )
-        if lr_factor != 1.0:
-            self.report.info(
-                f"batches of {self.batch_size} pairs (train.max_batches_per_epoch="
-                f"{cfg.max_batches_per_epoch}), lr {cfg.lr:g} x {lr_factor:.3g}"
-            )
-        lr = cfg.lr * lr_factor
-        self.optimizer = torch.optim.Adam(self.model.trainable_parameters(), lr=lr)
+        setup = optimisation(self.model, self.dataset, cfg, self.report)
+        self.batch_size, self.optimizer, self.ema = setup.batch_size, setup.optimizer, setup.ema
+        self.precision, self.matmul_dtype = setup.precision, setup.matmul_dtype
         if not self.has_valid:
             self.report.warning(
                 "warning: the dataset has no validation interactions; early stopping is "
@@ -215,7 +209,7 @@ class Trainer:
         if self.run is not None:
             if resume and (self.run / ckpt.LAST).exists():
                 done, self.selection = train_state.load_last(
-                    self.run, self.model, self.optimizer, self.rng, cfg.metric
+                    self.run, self.model, self.optimizer, self.rng, cfg.metric, self.ema
                 )
                 self.report.info(f"resuming {self.run.path} after epoch {done}")
                 self.selection.resumed_after.append(done)
@@ -229,15 +223,9 @@ class Trainer:
             raise ValueError("resume needs a run directory")
         if resume and distributed.is_distributed():  # rank 0 read last.pt: the others follow
             done, self.selection = train_state.broadcast_resumed(
-                self.model, self.optimizer, self.rng, done, self.selection
+                self.model, self.optimizer, self.rng, done, self.selection, self.ema
             )
         self.loss_fn = distributed.loss_function(self.model)
-        # train.precision: the dtype of the hot matrix products in the phases and the
-        # recommender pass (never in evaluation); which path ran goes into the summary.
-        self.precision = matmul_precision.describe(cfg.precision, self.device)
-        self.matmul_dtype = matmul_precision.dtype_of(self.precision)
-        if cfg.precision != "fp32":
-            self.report.info(matmul_precision.message(self.precision))
         # Without a run directory the best state is kept in memory instead of best.pt.
         self._best_in_memory: dict[str, Any] | None = None
         return done
@@ -297,7 +285,7 @@ class Trainer:
         model.eval()
         valid: dict[str, Any] = {}
         test: dict[str, Any] = {}
-        with torch.no_grad():
+        with torch.no_grad(), self._averaged():
             emb = model.embeddings()
             if self.has_valid:
                 valid = self._evaluate("valid", emb)
@@ -313,20 +301,26 @@ class Trainer:
         """``last.pt``, ``best.pt`` if improved, and the log line; in memory without a run."""
         if self.run is None:
             if improved:
-                self._best_in_memory = copy.deepcopy(self.model.state_dict())
+                with self._averaged():
+                    self._best_in_memory = copy.deepcopy(self.model.state_dict())
             return
         # last.pt first: if the run dies before best.pt is replaced, resuming finds the
         # best state in last.pt (see train_state.load_last).
         start = self._now()
-        train_state.save_last(self.run, epoch, self.model, self.optimizer, self.rng, self.selection)
+        train_state.save_last(
+            self.run, epoch, self.model, self.optimizer, self.rng, self.selection, self.ema
+        )
         if improved:
-            self._save_best(epoch)
+            with self._averaged():
+                self._save_best(epoch)
         record["seconds_checkpoint"] = self._now() - start
         self.run.append_log(to_json(record, indent=None))
 
     def _select_and_test(self, epochs_run: int) -> dict[str, Any]:
         """Restore the selected state, score the test split once; the run's summary."""
         cfg, model, sel = self.config, self.model, self.selection
+        if self.ema is not None:  # the last epoch, if it is the one kept, is its average
+            self.ema.copy_to_model()
         best_epoch, selected_by = self._restore_selected(epochs_run)
         distributed.broadcast_state(model)  # rank 0 restored best.pt
         model.eval()
@@ -362,6 +356,10 @@ class Trainer:
             )
         )
         return summary
+
+    def _averaged(self) -> AbstractContextManager[None]:
+        """The averaged parameters in the model for a block (``train.ema_decay``)."""
+        return self.ema.swapped() if self.ema is not None else nullcontext()
 
     def _save_best(self, epoch: int) -> None:
         assert self.run is not None
