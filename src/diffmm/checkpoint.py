@@ -32,10 +32,8 @@ either the previous version of a file or the new one, never a partial one.
 
 from __future__ import annotations
 
-import errno
 import hashlib
 import json
-import os
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -51,6 +49,7 @@ from diffmm.data.dataset import Dataset
 from diffmm.data.options import TableOptions
 from diffmm.data.ref import DEFAULT_SPLIT_SEED, DataRef
 from diffmm.errors import ConfigError, DataError
+from diffmm.run_lock import RunLock, RunLockedError
 from diffmm.state import CHECKPOINT_FORMAT, capture_rng, load_checkpoint, restore_rng
 from diffmm.utils import (
     atomic_append_line,
@@ -83,10 +82,6 @@ RUN_FILES = (CONFIG, DATASET, IDS, LOG, LAST, BEST, SUMMARY)
 TRAINING_STATE = ("model", "model_extra", "optimizer", "rng", "selection")
 
 
-class RunLockedError(DataError):
-    """Another process is training in this run directory."""
-
-
 def data_digest(fingerprint: dict[str, Any]) -> str:
     """sha256 of a fingerprint (its dataset name aside: a renamed file is the same data)."""
     canonical = json.dumps({**fingerprint, "name": None}, sort_keys=True)
@@ -102,7 +97,7 @@ class RunDir:
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
-        self._lock_fd: int | None = None
+        self._lock = RunLock(self.path, LOCK)
         self._created: list[Path] = []
 
     def __repr__(self) -> str:
@@ -136,31 +131,17 @@ class RunDir:
         """
         made_dir = not self.path.exists()
         self.path.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path / LOCK, os.O_RDWR | os.O_CREAT, 0o666)
-        try:
-            _try_lock(fd)
-        except BlockingIOError:
-            holder = os.read(fd, 64).decode(errors="replace").strip() or "unknown"
-            os.close(fd)
-            raise RunLockedError(
-                f"{self.path} is in use by another diffmm process (PID {holder}); wait for "
-                "it to finish or stop it, or pass another --out"
-            ) from None
-        os.ftruncate(fd, 0)
-        os.write(fd, f"{os.getpid()}\n".encode())
-        self._lock_fd = fd
+        self._lock.acquire()
         try:
             yield self
         finally:
-            self._lock_fd = None
-            if not self.holds_run():
-                (self.path / LOCK).unlink(missing_ok=True)
-                if made_dir and not any(self.path.iterdir()):
-                    self.path.rmdir()
-            os.close(fd)  # releases the lock
+            leaves_nothing = not self.holds_run()
+            self._lock.release(remove_file=leaves_nothing)
+            if leaves_nothing and made_dir and not any(self.path.iterdir()):
+                self.path.rmdir()
 
     def _require_owner(self) -> None:
-        if self._lock_fd is None:
+        if not self._lock.held:
             raise RuntimeError(f"{self}: written without holding its lock (use `with owned()`)")
 
     # ------------------------------------------------------------------ a new run
@@ -398,20 +379,6 @@ class RunDir:
         except DataError:  # a run given its data in memory
             pass
         return [p.resolve() for p in paths]
-
-
-def _try_lock(fd: int) -> None:
-    try:
-        import fcntl
-    except ImportError:  # Windows
-        import msvcrt
-
-        try:
-            msvcrt.locking(fd, msvcrt.LK_NBLCK, 1)
-        except OSError as exc:
-            raise BlockingIOError(errno.EAGAIN, str(exc)) from None
-        return
-    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
 
 
 def _ids_list(ids: np.ndarray | None, n: int) -> list[Any]:
