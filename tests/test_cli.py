@@ -226,3 +226,16 @@ def test_export_writes_embeddings_and_top_k_together(trained_run, tmp_path):
     assert run("export", str(trained_run), "--embeddings", str(emb), "--force").exit_code == 0
     nothing = run("export", str(trained_run))
     assert nothing.exit_code == 2 and "give --out FILE" in nothing.output
+
+
+def test_resume_reads_the_split_cache_where_cache_dir_now_says(tmp_path):
+    table, out = _table(tmp_path), tmp_path / "run"
+    first, moved = tmp_path / "cache-a", tmp_path / "cache-b"
+    common = ["--set", "train.epochs=1", "--set", "train.progress=false"]
+    args = ["train", "--model", "mf", "--data", str(table), "--out", str(out)]
+    result = run(*args, "--cache-dir", str(first), *common)
+    assert result.exit_code == 0, result.output
+    assert any(first.iterdir())
+    result = run("train", "--resume", str(out), "--cache-dir", str(moved))
+    assert result.exit_code == 0, result.output
+    assert sorted(p.name for p in moved.iterdir()) == sorted(p.name for p in first.iterdir())

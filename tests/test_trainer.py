@@ -251,3 +251,11 @@ def test_max_batches_per_epoch_grows_the_batch_and_the_lr(caplog, monkeypatch):
     lrs.clear(), sizes.clear()  # small enough data: batches of batch_size, lr as set
     train(run_config(epochs=1, batch_size=16, max_batches_per_epoch=10**6), planted, None)
     assert lrs == [0.05] and max(sizes) == 16
+
+
+@pytest.mark.parametrize("metric", ["mrr@10", "map@5"])
+def test_rank_metrics_can_select_the_epoch(metric):
+    summary = train(run_config(epochs=2, metric=metric), planted_dataset(), None)
+    assert summary["selection"]["metric"] == metric
+    assert metric in summary["valid"] and metric in summary["test"]
+    assert "recall@20" in summary["test"]  # the usual metrics as well

@@ -43,7 +43,7 @@ else:
     import tomli as tomllib
 
 from diffmm.errors import ConfigError
-from diffmm.evaluate import METRICS
+from diffmm.evaluate import USER_METRICS
 from diffmm.models import get_model_class, model_names
 from diffmm.models.base import MAX_COUNT, Flag, ModelConfig, authors
 from diffmm.precision import Precision
@@ -110,7 +110,7 @@ class TrainConfig(BaseModel):
     metric: str = Field(
         "recall@20",
         description="Validation metric used for selection, <name>@<k> with name one of "
-        f"{', '.join(METRICS)}; its cut-off k is evaluated even when not in ks.",
+        f"{', '.join(USER_METRICS)}; its cut-off k is evaluated even when not in ks.",
     )
     ks: list[Annotated[int, Field(ge=1, le=MAX_COUNT)]] = Field(
         default_factory=lambda: [10, 20], description="Cut-offs @K."
@@ -146,9 +146,9 @@ class TrainConfig(BaseModel):
     @classmethod
     def _known_metric(cls, metric: str) -> str:
         name, at, k = metric.partition("@")
-        if name not in METRICS or not at:
+        if name not in USER_METRICS or not at:
             raise ValueError(
-                f"metric must look like 'recall@20' ({', '.join(METRICS)} at a cut-off)"
+                f"metric must look like 'recall@20' ({', '.join(USER_METRICS)} at a cut-off)"
             )
         if not k.isascii() or not k.isdigit() or int(k) < 1:
             raise ValueError(f"the cut-off of metric {metric!r} must be a positive integer")

@@ -44,7 +44,7 @@ from diffmm.config import RunConfig, TrainConfig
 from diffmm.data.dataset import Dataset
 from diffmm.epoch_log import Reporter, has_epoch_work, metrics_text
 from diffmm.errors import ConfigError
-from diffmm.evaluate import evaluate
+from diffmm.evaluate import METRICS, evaluate
 from diffmm.models import get_model_class
 from diffmm.models.base import Batch, Recommender
 from diffmm.optimisation import optimisation
@@ -91,8 +91,10 @@ class Trainer:
         self.dataset = dataset
         self.config = config
         self.run = run_dir
-        metric_k = int(config.metric.partition("@")[2])
-        self.ks = sorted(set(config.ks) | {metric_k})
+        metric_name, _, metric_k = config.metric.partition("@")
+        self.ks = sorted(set(config.ks) | {int(metric_k)})
+        # the usual metrics, and the selection metric if it is another (mrr, map)
+        self.metrics = tuple(dict.fromkeys([*METRICS, metric_name]))
         self.device = model.device
         self.has_valid = dataset.valid.nnz > 0
 
@@ -118,6 +120,7 @@ class Trainer:
             batch_size=self.config.eval_batch_size,
             device=self.device,
             before_batch=release_free_memory,
+            metrics=self.metrics,
         )
 
     def _train_epoch(self, epoch: int) -> dict[str, float]:

@@ -34,6 +34,8 @@ def frame():
         ("data.tsv", "user_id:token", "item_id:token", "split"),
         ("data.parquet", "userID", "itemID", "split"),
         ("data.csv", "USER_ID", "Item", "split"),
+        ("data.csv", "userId", "movieId", "split"),  # MovieLens' ratings.csv
+        ("data.csv", "reviewerID", "asin", "split"),  # Amazon reviews
     ],
 )
 def test_reads_tables_with_split_column(tmp_path, fname, user, item, split):

@@ -77,8 +77,8 @@ def split_options(fn: F) -> F:
     ``--features``, the table options (passed as one ``table`` argument) and ``--cache-dir``.
     """
     columns = [
-        ("--user-col", "user", "user, user_id, userID"),
-        ("--item-col", "item", "item, item_id, itemID"),
+        ("--user-col", "user", "user, user_id, userID, reviewerID"),
+        ("--item-col", "item", "item, item_id, itemID, movieId, product_id, asin"),
         ("--rating-col", "rating", "rating, score, value, stars, preference"),
         ("--time-col", "time", "timestamp, time, ts"),
     ]

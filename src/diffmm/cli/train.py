@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -81,7 +82,7 @@ def train(
     if resume is not None:
         _refuse_split_options_on_resume(resume)
         run_config, dataset, data_ref = _resume_inputs(
-            resume, model, data, preset, config_file, overrides, out
+            resume, model, data, preset, config_file, overrides, out, cache_dir
         )
         run_dir = resume
     else:
@@ -143,8 +144,13 @@ def _resume_inputs(
     config_file: Path | None,
     overrides: tuple[str, ...],
     out: Path | None,
+    cache_dir: str | None,
 ) -> tuple[Any, Any, Any]:
-    """The stored configuration and data of a run; options given again must agree."""
+    """The stored configuration and data of a run; options given again must agree.
+
+    ``--data`` and ``--cache-dir`` say where the data and the split cache are now (the
+    data's fingerprint is checked, so either may have moved).
+    """
     from diffmm.checkpoint import RunDir
     from diffmm.config import resolve_config
     from diffmm.errors import ConfigError
@@ -163,4 +169,6 @@ def _resume_inputs(
                 "or start a new run with another --out"
             )
     data_ref = run.data_ref(moved_to=data)
+    if cache_dir is not None:
+        data_ref = replace(data_ref, cache_dir=str(Path(cache_dir).expanduser().resolve()))
     return stored, data_ref.load(), data_ref

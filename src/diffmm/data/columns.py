@@ -22,8 +22,10 @@ if TYPE_CHECKING:  # imported only to read tables: pandas adds much to a process
     import pandas as pd
 
 TABLE_SUFFIXES = (".csv", ".tsv", ".parquet")
-USER_COLS = ("user", "user_id", "userid")
-ITEM_COLS = ("item", "item_id", "itemid")
+# The common spellings (compared lower-cased): MovieLens' userId/movieId, Amazon reviews'
+# reviewerID/asin, and the generic ones; any other name is given with --user-col etc.
+USER_COLS = ("user", "user_id", "userid", "reviewer_id", "reviewerid")
+ITEM_COLS = ("item", "item_id", "itemid", "movie_id", "movieid", "product_id", "asin")
 SPLIT_COLS = ("split", "x_label")
 TIME_COLS = ("timestamp", "time", "ts")
 RATING_COLS = ("rating", "score", "value", "stars", "preference")
