@@ -254,44 +254,51 @@ def markdown(meta: dict[str, Any], rows: list[dict[str, Any]]) -> str:
     lines = [
         "# DiffMM at scale: one epoch",
         "",
-        f"Command: `{meta['command']}`. Revision `{meta['revision']}`; machine: "
-        f"{meta['machine']['cpu']}, {meta['machine']['cores']} cores, {meta['machine']['date']}"
-        f" (load average before {meta['load_before']:.2f}).",
+        "Rows come from runs of `python benchmarks/scale.py --sizes ... --options off|on "
+        "--budget N` (the last: "
+        f"`{meta['command']}`); each row records its revision, date and the load average "
+        "when it ended (`scale.json`). Machine: "
+        f"{meta['machine']['cpu']}, {meta['machine']['cores']} cores, one torch thread per "
+        "process. A load average near 3 means two other processes shared the 2 cores: such "
+        "times are upper bounds.",
         "",
         "Options `on`: " + ", ".join(f"`{s}`" for s in OPTIONS["on"]) + ". Rows marked "
-        "extrapolated ran at most the budget of batches per part and scale the time up to "
-        "the epoch (module docstring of `benchmarks/scale.py`).",
+        "extrapolated ran at most `budget` batches per part and scale the time up to the "
+        "epoch (module docstring of `benchmarks/scale.py`).",
         "",
         "| users | items | interactions | processes | options | s/epoch | diffusion | graphs "
-        "| recommender | eval | extrapolated | peak RSS MB | denoiser params |",
-        "|---:|---:|---:|---:|---|---:|---:|---:|---:|---:|---|---:|---:|",
+        "| recommender | eval | extrapolated (budget) | peak RSS MB | generator params "
+        "| revision | load |",
+        "|---:|---:|---:|---:|---|---:|---:|---:|---:|---:|---|---:|---:|---|---:|",
     ]
     for r in rows:
+        tail = f"{r.get('revision', '')[:7]} | {r.get('load_average', 0):.1f} |"
         if "failed" in r:
             lines.append(
                 f"| {r['users']:,} | {r['items']:,} | | 1 | {r.get('option_set', '')} | "
-                f"failed: {' '.join(r['failed'])[:120]} | | | | | | | |"
+                f"failed: {' '.join(r['failed'])[:120]} | | | | | | | | {tail}"
             )
             continue
         p = r["seconds_per_phase"]
-        cells = [f"{p[k]:.1f}" if k in p else "–" for k in PHASES]
-        if r["processes"] > 1 or "train" in p:
-            cells = [f"{p.get(k, 0):.1f}" for k in ("diffusion", "graphs", "train", "eval")]
+        keys = ("diffusion", "graphs", "train", "eval") if "train" in p else PHASES
+        cells = [f"{p[k]:.1f}" if k in p else "–" for k in keys]
+        extrapolated = f"yes ({r.get('budget_batches')})" if r["extrapolated"] else "no"
         lines.append(
-            f"| {r['users']:,} | {r['items']:,} | {r['interactions'] or '':,} | "
+            f"| {r['users']:,} | {r['items']:,} | {r['interactions'] or 0:,} | "
             f"{r['processes']} | {r.get('option_set', '')} | {r['seconds_per_epoch']:.1f} | "
             + " | ".join(cells)
-            + f" | {'yes' if r['extrapolated'] else 'no'} | "
-            f"{r['peak_rss_mb'] or 0:.0f} | {r['denoiser_parameters'] or 0:,} |"
+            + f" | {extrapolated} | {r['peak_rss_mb'] or 0:.0f} | "
+            f"{r['denoiser_parameters'] or 0:,} | {tail}"
         )
     proc = [r for r in rows if "valid" in r]
     if len(proc) == 2:
-        one, two = proc
+        one, two = sorted(proc, key=lambda r: r["processes"])
         lines += [
             "",
-            f"1 vs 2 processes ({one['users']:,} x {one['items']:,}, one epoch, same seed): "
-            f"{one['seconds_per_epoch']:.1f} s vs {two['seconds_per_epoch']:.1f} s "
-            f"({one['seconds_per_epoch'] / two['seconds_per_epoch']:.2f}x throughput); "
+            f"1 vs 2 processes ({one['users']:,} x {one['items']:,}, one epoch of `diffmm "
+            f"train`, same seed): {one['seconds_per_epoch']:.1f} s vs "
+            f"{two['seconds_per_epoch']:.1f} s per epoch "
+            f"({one['seconds_per_epoch'] / two['seconds_per_epoch']:.2f}x the throughput); "
             f"valid recall@20 {one['valid']['recall@20']:.4f} vs "
             f"{two['valid']['recall@20']:.4f}.",
         ]
@@ -304,10 +311,15 @@ def main() -> None:
     parser.add_argument("--options", default="off,on", help="Option sets: off, on.")
     parser.add_argument("--budget", type=int, default=8, help="Batches per part at most.")
     parser.add_argument("--processes-size", default="10000x5000", help="'' to skip.")
+    parser.add_argument("--report-only", action="store_true", help="Rewrite scale.md.")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
         print(json.dumps(child(*json.loads(args.child))))
+        return
+    if args.report_only:
+        saved = json.loads((RESULTS / "scale.json").read_text())
+        write_atomic(RESULTS / "scale.md", markdown(saved, saved["rows"]))
         return
     meta = {
         "command": "python benchmarks/scale.py " + shlex.join(sys.argv[1:]),
@@ -316,16 +328,25 @@ def main() -> None:
         "load_before": os.getloadavg()[0],
     }
     out = RESULTS / "scale.json"
-    rows: list[dict[str, Any]] = []
+    rows = json.loads(out.read_text())["rows"] if out.exists() else []
+    stamp = {"revision": meta["revision"], "date": meta["machine"]["date"]}
+
+    def keep(row: dict[str, Any]) -> None:  # replaces an earlier row of the same setting
+        key = (row["users"], row["items"], row["processes"], row.get("option_set"))
+        rows[:] = [
+            r for r in rows if (r["users"], r["items"], r["processes"], r.get("option_set")) != key
+        ]
+        rows.append({**row, **stamp, "load_average": os.getloadavg()[0]})
+        rows.sort(key=lambda r: (r["users"], r["processes"], r.get("option_set", "")))
+        write_atomic(out, json.dumps({**meta, "rows": rows}, indent=2) + "\n")
+
     for size in [s for s in args.sizes.split(",") if s]:
         for options in [o for o in args.options.split(",") if o]:
             print(f"{size} options {options}", flush=True)
-            rows.append(measure(size, options, args.budget))
+            keep(measure(size, options, args.budget))
             print(json.dumps(rows[-1]), flush=True)
-            write_atomic(out, json.dumps({**meta, "rows": rows}, indent=2) + "\n")
-    if args.processes_size:
-        rows += processes_rows(args.processes_size)
-    write_atomic(out, json.dumps({**meta, "rows": rows}, indent=2) + "\n")
+    for row in processes_rows(args.processes_size) if args.processes_size else []:
+        keep(row)
     write_atomic(RESULTS / "scale.md", markdown(meta, rows))
     print((RESULTS / "scale.md").read_text())
 

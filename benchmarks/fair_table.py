@@ -1,0 +1,129 @@
+"""A fair comparison (issue 15 §3): every model gets the same tuning budget on validation.
+
+For each model, ``diffmm sweep`` trains one seed (421) at every point of the model's grid
+(its most sensitive settings; the same number of points for every model, listed in the
+results), chooses the point with the best validation Recall@20, and trains that point
+with seeds 421, 422 and 423 (the first is the sweep's own run, reused). Test is shown
+for every point but never used to choose. Writes
+``benchmarks/results/fair_table_<dataset>.{md,json}``.
+
+    .venv/bin/python benchmarks/fair_table.py --dataset tiktok --models mf,vbpr
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from common import RESULTS, RUNS, git_revision, machine_info, repo_path, require_dataset
+from common import write_atomic as write
+
+#: Each model's grid: two settings, six points (the same budget for every model).
+GRIDS: dict[str, dict[str, list[str]]] = {
+    "mf": {"train.lr": ["0.001", "0.005"], "l2_weight": ["1e-4", "1e-3", "1e-2"]},
+    "vbpr": {"train.lr": ["0.001", "0.005"], "l2_weight": ["1e-4", "1e-3", "1e-2"]},
+    "lightgcn": {"train.lr": ["0.001", "0.005"], "l2_weight": ["1e-4", "1e-3", "1e-2"]},
+}
+SEEDS = (421, 422, 423)
+#: Epoch budget: early stopping on validation (patience 10) ends the runs long before.
+FIXED = ["train.epochs=300", "train.progress=false"]
+
+
+def sweep(data: Path, model: str, grid: dict[str, list[str]], seeds: str, out: Path) -> Path:
+    exe = Path(sys.executable).with_name("diffmm")
+    cmd = [str(exe), "sweep", "--model", model, "--data", repo_path(data), "--seeds", seeds]
+    cmd += ["--out", repo_path(out)]
+    for key, values in grid.items():
+        cmd += ["--grid", f"{key}={','.join(values)}"]
+    for s in FIXED:
+        cmd += ["--set", s]
+    print(shlex.join(cmd), flush=True)
+    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
+    return out / "sweep.csv"
+
+
+def tune(data: Path, dataset: str, model: str) -> dict[str, Any]:
+    out = RUNS / f"fair-{dataset}-{model}"
+    grid = GRIDS[model]
+    table = pd.read_csv(sweep(data, model, grid, "421", out), dtype={k: str for k in grid})
+    chosen = table[table["selected"] == "*"].iloc[0]
+    point = {k: str(chosen[k]) for k in grid}
+    confirm = pd.read_csv(
+        sweep(data, model, {k: [v] for k, v in point.items()}, ",".join(map(str, SEEDS)), out),
+        dtype={k: str for k in grid},
+    )
+    runs = []
+    label = ",".join(f"{k}={v}" for k, v in point.items())
+    for seed in SEEDS:
+        summary = json.loads((out / "runs" / f"{label}-seed{seed}" / "summary.json").read_text())
+        runs.append({"seed": seed, "valid": summary["valid"], "test": summary["test"]})
+    recall = [r["test"]["recall@20"] for r in runs]
+    return {
+        "grid": grid,
+        "points": table.drop(columns=["selected"]).to_dict(orient="records"),
+        "chosen": point,
+        "runs": runs,
+        "test_recall@20": recall,
+        "mean": statistics.fmean(recall),
+        "std": statistics.stdev(recall),
+        "confirmation_table": confirm.to_dict(orient="records"),
+    }
+
+
+def markdown(meta: dict[str, Any], results: dict[str, Any]) -> str:
+    lines = [
+        f"# Fair comparison on {meta['dataset']}: the same tuning budget for every model",
+        "",
+        f"Command: `{meta['command']}`; revision `{meta['revision']}`; machine "
+        f"{meta['machine']['cpu']}, {meta['machine']['cores']} cores, {meta['machine']['date']}.",
+        "",
+        "Each model: its grid with seed 421, the point with the best validation Recall@20, "
+        "then that point with seeds 421-423 (test Recall@20, mean ± std).",
+        "",
+        "| model | grid | chosen | test recall@20 (3 seeds) |",
+        "|---|---|---|---|",
+    ]
+    for model, r in results.items():
+        grid = "; ".join(f"`{k}` {', '.join(v)}" for k, v in r["grid"].items())
+        chosen = ", ".join(f"`{k}={v}`" for k, v in r["chosen"].items())
+        lines.append(f"| {model} | {grid} | {chosen} | {r['mean']:.4f} ± {r['std']:.4f} |")
+    for model, r in results.items():
+        lines += ["", f"## {model}: every point (seed 421)", ""]
+        keys = list(r["points"][0])
+        lines += ["| " + " | ".join(keys) + " |", "|" + "---|" * len(keys)]
+        for p in r["points"]:
+            cells = [f"{v:.4f}" if isinstance(v, float) else str(v) for v in p.values()]
+            lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--dataset", default="tiktok")
+    parser.add_argument("--models", default="mf,vbpr")
+    args = parser.parse_args()
+    data = require_dataset(args.dataset)
+    meta = {
+        "dataset": args.dataset,
+        "command": "python benchmarks/fair_table.py " + shlex.join(sys.argv[1:]),
+        "revision": git_revision(),
+        "machine": machine_info(),
+        "fixed": FIXED,
+    }
+    results = {m: tune(data, args.dataset, m) for m in args.models.split(",")}
+    stem = RESULTS / f"fair_table_{args.dataset}"
+    write(stem.with_suffix(".json"), json.dumps({**meta, "models": results}, indent=2) + "\n")
+    write(stem.with_suffix(".md"), markdown(meta, results))
+    print(stem.with_suffix(".md").read_text())
+
+
+if __name__ == "__main__":
+    main()
