@@ -32,7 +32,7 @@ GRIDS: dict[str, dict[str, list[str]]] = {
     "vbpr": {"train.lr": ["0.001", "0.005"], "l2_weight": ["1e-4", "1e-3", "1e-2"]},
     "lightgcn": {"train.lr": ["0.001", "0.005"], "l2_weight": ["1e-4", "1e-3", "1e-2"]},
 }
-SEEDS = (421, 422, 423)
+SEEDS = (421, 422, 423)  # what `--seeds 3` trains
 #: Epoch budget: early stopping on validation (patience 10) ends the runs long before.
 FIXED = ["train.epochs=300", "train.progress=false"]
 
@@ -53,11 +53,12 @@ def sweep(data: Path, model: str, grid: dict[str, list[str]], seeds: str, out: P
 def tune(data: Path, dataset: str, model: str) -> dict[str, Any]:
     out = RUNS / f"fair-{dataset}-{model}"
     grid = GRIDS[model]
-    table = pd.read_csv(sweep(data, model, grid, "421", out), dtype={k: str for k in grid})
+    # --seeds is a count (1 = seed 421, 3 = seeds 421-423) or a list with commas
+    table = pd.read_csv(sweep(data, model, grid, "1", out), dtype={k: str for k in grid})
     chosen = table[table["selected"] == "*"].iloc[0]
     point = {k: str(chosen[k]) for k in grid}
     confirm = pd.read_csv(
-        sweep(data, model, {k: [v] for k, v in point.items()}, ",".join(map(str, SEEDS)), out),
+        sweep(data, model, {k: [v] for k, v in point.items()}, str(len(SEEDS)), out),
         dtype={k: str for k in grid},
     )
     runs = []
