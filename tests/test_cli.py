@@ -239,3 +239,13 @@ def test_resume_reads_the_split_cache_where_cache_dir_now_says(tmp_path):
     result = run("train", "--resume", str(out), "--cache-dir", str(moved))
     assert result.exit_code == 0, result.output
     assert sorted(p.name for p in moved.iterdir()) == sorted(p.name for p in first.iterdir())
+
+
+def test_a_bare_seed_number_is_not_taken_for_hundreds_of_runs():
+    from diffmm.cli.common import seed_list
+
+    assert seed_list("3") == [421, 422, 423] and seed_list("421,") == [421]
+    result = run("benchmark", "--data", TINY, "--models", "mf", "--seeds", "421", "--out", "x")
+    assert result.exit_code == 2
+    assert "--seeds 421: a bare number is a count" in result.output
+    assert "write --seeds 421," in result.output

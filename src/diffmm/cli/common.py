@@ -189,6 +189,10 @@ def group_bounds(groups: str) -> list[int]:
         raise ConfigError(f"--groups {groups!r}: give integers such as 0,5,10,20") from None
 
 
+#: A bare ``--seeds N`` above this is refused: it was meant as a seed, not N runs.
+MAX_SEED_COUNT = 100
+
+
 def seed_list(seeds: str) -> list[int]:
     """``--seeds``: a count (3 = 421,422,423) or a comma-separated list."""
     from diffmm.errors import ConfigError
@@ -202,6 +206,11 @@ def seed_list(seeds: str) -> list[int]:
         raise ConfigError(f"--seeds {seeds!r}: give a count (3) or a list (421,422)") from None
     if not chosen or not all(0 <= s < 2**63 for s in chosen):
         raise ConfigError(f"--seeds {seeds!r}: give a count >= 1 or seeds in [0, 2**63)")
+    if "," not in seeds and len(chosen) > MAX_SEED_COUNT:  # surely a seed, not a count
+        raise ConfigError(
+            f"--seeds {seeds}: a bare number is a count of seeds (3 = 421,422,423), at most "
+            f"{MAX_SEED_COUNT}; for the one seed {seeds} write --seeds {seeds},"
+        )
     return chosen
 
 

@@ -27,7 +27,10 @@ from diffmm.cli.common import (
     "--models", required=True, help="Comma-separated model names, e.g. diffmm,lightgcn,vbpr."
 )
 @click.option(
-    "--seeds", default="3", show_default=True, help="A count (3 = 421,422,423) or a list."
+    "--seeds",
+    default="3",
+    show_default=True,
+    help="A count up to 100 (3 = 421,422,423) or a list (421,424 or 421,).",
 )
 @click.option(
     "--preset", default=None, help="Applied to the models that have a preset of that name."
@@ -96,7 +99,9 @@ def benchmark(
     metavar="KEY=V1,V2",
     help="Values of one setting (repeatable); the authors' flag names work too (ssl_reg, temp).",
 )
-@click.option("--seeds", default="1", show_default=True, help="A count (1 = 421) or a list.")
+@click.option(
+    "--seeds", default="1", show_default=True, help="A count up to 100 (1 = 421) or a list (421,)."
+)
 @click.option("--preset", default=None, help="Named settings the grid starts from.")
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Fixed settings.")
 @click.option("--out", "out", required=True, type=OUT_DIR, help="Folder for runs, table, plot.")
