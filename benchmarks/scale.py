@@ -233,7 +233,9 @@ def processes_rows(size: str, seed: int = 421) -> list[dict[str, Any]]:
                     "processes": processes,
                     "options": [],
                     "option_set": "off",
-                    "command": shlex.join(cmd).replace(str(out), "RUN"),
+                    "command": shlex.join(cmd)
+                    .replace(str(out), "RUN")
+                    .replace(f"{bin_dir}/", ""),  # as typed in an activated venv
                     "seconds_per_epoch": record["seconds"],
                     "seconds_per_phase": {
                         k.removeprefix("seconds_"): v
