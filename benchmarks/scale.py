@@ -258,8 +258,8 @@ def markdown(meta: dict[str, Any], rows: list[dict[str, Any]]) -> str:
         "",
         "Rows come from runs of `python benchmarks/scale.py --sizes ... --options off|on "
         "--budget N` (the last: "
-        f"`{meta['command']}`); each row records its revision, date and the load average "
-        "when it ended (`scale.json`). Machine: "
+        f"`{meta['command']}`); each row records its revision, date and a 1-minute load "
+        "average taken with it (`scale.json`). Machine: "
         f"{meta['machine']['cpu']}, {meta['machine']['cores']} cores, one torch thread per "
         "process. A load average near 3 means two other processes shared the 2 cores: such "
         "times are upper bounds.",
