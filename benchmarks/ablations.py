@@ -69,6 +69,7 @@ def paired(
     diffs = [variant[s]["test"][METRIC] - full[s]["test"][METRIC] for s in seeds]
     out: dict[str, Any] = {
         "seeds": seeds,
+        "full_revision": [full[s]["revision"] for s in seeds],
         "diff_per_seed": diffs,
         "mean_diff": statistics.fmean(diffs),
         "t_ci95_over_seeds": t_interval(diffs),
@@ -132,6 +133,11 @@ def verdict(ablations: dict[str, Any], variant: str = "w/o DM") -> str | None:
     else:
         low = high = None
         where = f"{row['mean_diff']:+.4f} with seed {seeds}"
+    if len(row["seeds"]) < 2:
+        where += (
+            "; one seed: the interval covers the test set's sampling noise, not the spread "
+            "of training runs"
+        )
     if low is None or high is None:
         answer = "one seed gives no interval, so this does not answer whether they help yet"
     elif high < 0:
@@ -162,7 +168,7 @@ def section(ablations: dict[str, Any], title: str = "Ablations, paired by seed a
         "(test-set noise).",
         "",
         "| variant | seeds | test recall@20 | Δ over seeds [95% t] | Δ per user [95% bootstrap] "
-        "| p | revisions |",
+        "| p | revisions (variant / full model) |",
         "|---|---|---|---|---|---|---|",
     ]
     for variant, row in ablations.items():
@@ -180,6 +186,8 @@ def section(ablations: dict[str, Any], title: str = "Ablations, paired by seed a
             else:
                 per_user = "run directories absent"
         revisions = ", ".join(sorted({r[:7] for r in row["revision"]}))
+        if vs:  # the full model's runs it is paired with
+            revisions += " / " + ", ".join(sorted({r[:7] for r in vs["full_revision"]}))
         lines.append(
             f"| {variant} | {', '.join(map(str, row['seeds']))} | "
             f"{mean_std(row['val_selected_test_recall@20'])} | {over_seeds} | {per_user} | "
