@@ -6,7 +6,8 @@ settings and runs the four parts of an epoch with the library's own code: the
 generator's diffusion pass (``ModalityGraphGenerator.train_epoch``), graph generation
 (``generate`` + ``topk_bipartite``), the recommender pass (BPR + InfoNCE + Adam steps on
 the trainer's batches, grown by ``train.max_batches_per_epoch`` when set) and scoring
-every user against every item with a top-20.
+every user (or ``train.validation_users`` of them) against every item with a top-20.
+Graph generation covers every user, or ``graph_users_per_epoch`` of them.
 
 A part that would take more than ``--budget`` batches runs that many and is scaled up
 to the whole epoch (batches of one part cost the same; the recommender pass leaves its
@@ -53,6 +54,13 @@ OPTIONS: dict[str, list[str]] = {
         "diffusion_users_per_epoch=16384",
     ],
 }
+#: ``on`` and the two options that bound the users x items parts: graph generation for a
+#: rolling share of the users, validation on a sample of them.
+OPTIONS["linear"] = [
+    *OPTIONS["on"],
+    "graph_users_per_epoch=16384",
+    "train.validation_users=16384",
+]
 PHASES = ("diffusion", "graphs", "recommender", "eval")
 
 
@@ -98,8 +106,9 @@ def child(n_users: int, n_items: int, sets: list[str], budget: int) -> dict[str,
         modal_emb = [f.detach() for f in model.aligned_features()]
     _, s = timed(model.generator.train_epoch, users[:share], item_emb, modal_emb)
     seconds["diffusion"] = s * trained / share
-    share = min(n_users, budget * cfg.diffusion_batch_size)  # graphs: every user
-    extrapolated |= share < n_users
+    refreshed = min(n_users, cfg.graph_users_per_epoch or n_users)  # graphs: every user
+    share = min(refreshed, budget * cfg.diffusion_batch_size)
+    extrapolated |= share < refreshed
 
     # 2. graph generation: the generator's top-k for (a share of) the users
     graphs, generating, building = [], 0.0, 0.0
@@ -120,7 +129,7 @@ def child(n_users: int, n_items: int, sets: list[str], budget: int) -> dict[str,
         )
         building += s  # already for every user
         graphs.append(graph)
-    seconds["graphs"] = generating * n_users / share + building
+    seconds["graphs"] = generating * refreshed / share + building
     model.set_modality_graphs(graphs)
 
     # 3. the recommender pass on the trainer's batches (grown if asked), Adam steps
@@ -149,16 +158,17 @@ def child(n_users: int, n_items: int, sets: list[str], budget: int) -> dict[str,
     per_step = sum(step_seconds) / len(step_seconds)
     seconds["recommender"] = negatives + per_step * (n_batches if extrapolate_steps else steps)
 
-    # 4. scoring: every item for (a share of) the users, top-20 of each
+    # 4. validation: every item for (a share of) the validated users, top-20 of each
     model.eval()
-    eval_share = min(n_users, budget * tcfg.eval_batch_size)
-    extrapolated |= eval_share < n_users
+    validated = min(n_users, tcfg.validation_users or n_users)
+    eval_share = min(validated, budget * tcfg.eval_batch_size)
+    extrapolated |= eval_share < validated
     with torch.no_grad():
         embeddings, propagate = timed(model.embeddings)  # once per evaluation
         start = time.perf_counter()
         for batch in torch.arange(eval_share).split(tcfg.eval_batch_size):
             torch.topk(model.scores(batch, embeddings), 20)
-    seconds["eval"] = propagate + (time.perf_counter() - start) * n_users / eval_share
+    seconds["eval"] = propagate + (time.perf_counter() - start) * validated / eval_share
     return {
         "users": n_users,
         "items": n_items,
@@ -264,9 +274,10 @@ def markdown(meta: dict[str, Any], rows: list[dict[str, Any]]) -> str:
         "process. A load average near 3 means two other processes shared the 2 cores: such "
         "times are upper bounds.",
         "",
-        "Options `on`: " + ", ".join(f"`{s}`" for s in OPTIONS["on"]) + ". Rows marked "
-        "extrapolated ran at most `budget` batches per part and scale the time up to the "
-        "epoch (module docstring of `benchmarks/scale.py`).",
+        "Options `on`: " + ", ".join(f"`{s}`" for s in OPTIONS["on"]) + "; `linear`: `on` "
+        "and " + ", ".join(f"`{s}`" for s in OPTIONS["linear"][len(OPTIONS["on"]) :]) + ". "
+        "Rows marked extrapolated ran at most `budget` batches per part and scale the time "
+        "up to the epoch (module docstring of `benchmarks/scale.py`).",
         "",
         "| users | items | interactions | processes | options | s/epoch | diffusion | graphs "
         "| recommender | eval | extrapolated (budget) | peak RSS MB | generator params "
@@ -292,6 +303,7 @@ def markdown(meta: dict[str, Any], rows: list[dict[str, Any]]) -> str:
             + f" | {extrapolated} | {r['peak_rss_mb'] or 0:.0f} | "
             f"{r['denoiser_parameters'] or 0:,} | {tail}"
         )
+    lines += growth_lines(rows)
     proc = [r for r in rows if "valid" in r]
     if len(proc) == 2:
         one, two = sorted(proc, key=lambda r: r["processes"])
@@ -307,10 +319,37 @@ def markdown(meta: dict[str, Any], rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def growth_lines(rows: list[dict[str, Any]], small=(50_000, 20_000), large=(200_000, 50_000)):
+    """Issue 13's target, per option set: the time ratio from ``small`` to ``large``
+    against 1.3 x their interaction ratio."""
+    out = []
+    for option_set in dict.fromkeys(r.get("option_set") for r in rows):
+        pair = {
+            (r["users"], r["items"]): r
+            for r in rows
+            if r.get("option_set") == option_set and r["processes"] == 1 and "failed" not in r
+        }
+        if small not in pair or large not in pair or not pair[small]["interactions"]:
+            continue
+        a, b = pair[small], pair[large]
+        time_ratio = b["seconds_per_epoch"] / a["seconds_per_epoch"]
+        data_ratio = b["interactions"] / a["interactions"]
+        phases = ", ".join(
+            f"{k} {b['seconds_per_phase'][k] / a['seconds_per_phase'][k]:.1f}x" for k in PHASES
+        )
+        verdict = "met" if time_ratio <= 1.3 * data_ratio else "NOT met"
+        out.append(
+            f"- `{option_set}`: {small[0]:,} x {small[1]:,} to {large[0]:,} x {large[1]:,}: "
+            f"{time_ratio:.2f}x the time for {data_ratio:.2f}x the interactions ({phases}); "
+            f"target <= {1.3 * data_ratio:.2f}x: {verdict}."
+        )
+    return ["", "Growth of an epoch with the data (issue 13's target):", "", *out] if out else []
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--sizes", default=",".join(SIZES), help="USERSxITEMS,...")
-    parser.add_argument("--options", default="off,on", help="Option sets: off, on.")
+    parser.add_argument("--options", default="off,on", help="Option sets: off, on, linear.")
     parser.add_argument("--budget", type=int, default=8, help="Batches per part at most.")
     parser.add_argument("--processes-size", default="10000x5000", help="'' to skip.")
     parser.add_argument("--report-only", action="store_true", help="Rewrite scale.md.")

@@ -92,10 +92,18 @@ def test_a_run_directory_holds_config_data_ids_log_and_checkpoints(tmp_path):
     assert [r["epoch"] for r in _log(run)] == [1, 2]
 
 
-@pytest.mark.parametrize("model", ["lightgcn", "diffmm", "lightgcn+ema"])
-def test_a_resumed_run_ends_exactly_like_an_uninterrupted_one(tmp_path, model):
-    model, _, ema = model.partition("+")
-    config = _config(model, 4, *(["train.ema_decay=0.9"] if ema else []))
+RESUMED = {
+    "lightgcn": [],
+    "diffmm": [],
+    "lightgcn+ema": ["train.ema_decay=0.9"],
+    # rows refreshed in turn: the stored rows of the other users must come back
+    "diffmm+rolling": ["graph_users_per_epoch=50"],
+}
+
+
+@pytest.mark.parametrize("variant", list(RESUMED))
+def test_a_resumed_run_ends_exactly_like_an_uninterrupted_one(tmp_path, variant):
+    config = _config(variant.partition("+")[0], 4, *RESUMED[variant])
     full = _train(tmp_path / "full", config)
     with pytest.raises(Crash):
         _train(tmp_path / "crashed", config, crash_after=2)

@@ -6,9 +6,10 @@ import math
 
 import numpy as np
 import pytest
+import scipy.sparse as sp
 import torch
 
-from diffmm.evaluate import evaluate, metric_names
+from diffmm.evaluate import evaluate, metric_names, sample_users
 from helpers import make_dataset
 
 # 3 users x 5 items. Scores rank items by descending score.
@@ -228,3 +229,27 @@ def test_an_unknown_metric_is_refused():
     data = make_dataset([[1, 0]], [[0, 1]])
     with pytest.raises(ConfigError, match="unknown metric.*'auc'.*mrr"):
         evaluate(lambda u: torch.zeros(len(u), 2), data, "valid", metrics=("recall", "auc"))
+
+
+def test_evaluating_a_subset_of_users_is_their_metrics_alone(data):
+    # only user 1 (user 2 has no validation items: asking for it adds nothing)
+    res = evaluate(score_fn, data, "valid", ks=(3,), users=np.array([1, 2]))
+    assert res["n_users"] == 1
+    assert res["recall@3"] == pytest.approx(1 / 2)  # user 1's alone (see above)
+    assert evaluate(score_fn, data, "valid", ks=(3,), users=np.arange(3)) == evaluate(
+        score_fn, data, "valid", ks=(3,)
+    )
+
+
+def test_sample_users_draws_users_with_held_out_items_by_seed():
+    heldout = sp.csr_matrix(np.eye(10, dtype=np.float32)[[0, 2, 3, 5, 7, 8, 9]].T)
+    # 10 users; those with held-out items: 0, 2, 3, 5, 7, 8, 9 (columns of the eye rows)
+    candidates = set(np.flatnonzero(np.diff(heldout.indptr) > 0).tolist())
+    assert candidates == {0, 2, 3, 5, 7, 8, 9}
+    drawn = sample_users(heldout, 4, seed=1)
+    assert len(drawn) == 4 and set(drawn.tolist()) <= candidates
+    assert list(drawn) == sorted(drawn)
+    assert np.array_equal(drawn, sample_users(heldout, 4, seed=1))
+    assert any(not np.array_equal(drawn, sample_users(heldout, 4, seed=s)) for s in (2, 3))
+    assert sample_users(heldout, 7, seed=1) is None  # every one of them
+    assert sample_users(heldout, None, seed=1) is None

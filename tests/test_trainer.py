@@ -259,3 +259,24 @@ def test_rank_metrics_can_select_the_epoch(metric):
     assert summary["selection"]["metric"] == metric
     assert metric in summary["valid"] and metric in summary["test"]
     assert "recall@20" in summary["test"]  # the usual metrics as well
+
+
+def test_validation_users_validates_a_fixed_sample_and_tests_every_user(monkeypatch):
+    seen: dict[str, list] = {"valid": [], "test": []}
+
+    def spy(score_fn, dataset, split, **kw):
+        result = real_evaluate(score_fn, dataset, split, **kw)
+        seen[split].append(result["n_users"])
+        if split == "valid":
+            seen.setdefault("users", []).append(kw["users"])
+        return result
+
+    monkeypatch.setattr(train_mod, "evaluate", spy)
+    data = planted_dataset()
+    summary = train(run_config(epochs=3, validation_users=20), data, None)
+    assert seen["valid"] == [20, 20, 20] and summary["valid"]["n_users"] == 20
+    assert all((u == seen["users"][0]).all() for u in seen["users"])  # the same users
+    everyone = real_evaluate(lambda u: torch.zeros(len(u), data.n_items), data, "test")
+    assert seen["test"] == [everyone["n_users"]] and everyone["n_users"] > 20
+    with pytest.raises(ValueError, match="validation_users"):
+        TrainConfig(validation_users=0)

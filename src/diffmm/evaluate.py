@@ -98,6 +98,15 @@ def metric_names(ks: Sequence[int], metrics: Sequence[str] | None = None) -> lis
     return [f"{m}@{k}" for k in sorted(set(ks)) for m in chosen]
 
 
+def sample_users(heldout: sp.spmatrix, n: int | None, seed: int) -> np.ndarray | None:
+    """``n`` of the users with held-out items, drawn with ``seed`` (sorted), or None
+    (every user) when ``n`` is None or not below their number."""
+    candidates = np.flatnonzero(np.diff(sp.csr_matrix(heldout).indptr) > 0)
+    if n is None or n >= candidates.size:
+        return None
+    return np.sort(np.random.default_rng(seed).choice(candidates, size=n, replace=False))
+
+
 def evaluate(
     score_fn: Callable[[Tensor], Tensor],
     dataset: Dataset,
@@ -108,6 +117,7 @@ def evaluate(
     per_user: bool = False,
     before_batch: Callable[[], None] | None = None,
     metrics: Sequence[str] | None = None,
+    users: np.ndarray | None = None,
 ) -> dict[str, Any]:
     """All-rank metrics of ``score_fn`` on ``split`` ("valid" or "test").
 
@@ -124,6 +134,8 @@ def evaluate(
             freed memory back to the system there).
         metrics: the metrics to compute, any of :data:`ALL_METRICS` (default
             :data:`METRICS`: recall, ndcg, precision, hit).
+        users: evaluate only these users (those of them with held-out items); default
+            every user with held-out items.
 
     Returns:
         ``{"recall@10": float, "ndcg@10": ..., "precision@10": ..., "hit@10": ..., ...,
@@ -148,7 +160,12 @@ def evaluate(
         exclude = dataset.train if split != "test" else dataset.train + dataset.valid
         exclude = _binary_csr(exclude)
     n_heldout_all = np.diff(heldout.indptr)
-    users = np.flatnonzero(n_heldout_all > 0).astype(np.int64)
+    has_heldout = n_heldout_all > 0
+    if users is not None:
+        chosen_users = np.zeros_like(has_heldout)
+        chosen_users[np.asarray(users, dtype=np.int64)] = True
+        has_heldout &= chosen_users
+    users = np.flatnonzero(has_heldout).astype(np.int64)
 
     max_k = min(ks[-1], n_items)
     discount = 1.0 / torch.log2(torch.arange(max_k, device=device, dtype=torch.float64) + 2.0)

@@ -44,7 +44,7 @@ from diffmm.config import RunConfig, TrainConfig
 from diffmm.data.dataset import Dataset
 from diffmm.epoch_log import Reporter, has_epoch_work, metrics_text
 from diffmm.errors import ConfigError
-from diffmm.evaluate import METRICS, evaluate
+from diffmm.evaluate import METRICS, evaluate, sample_users
 from diffmm.models import get_model_class
 from diffmm.models.base import Batch, Recommender
 from diffmm.optimisation import optimisation
@@ -97,6 +97,7 @@ class Trainer:
         self.metrics = tuple(dict.fromkeys([*METRICS, metric_name]))
         self.device = model.device
         self.has_valid = dataset.valid.nnz > 0
+        self.valid_users = sample_users(dataset.valid, config.validation_users, config.seed)
 
     # ------------------------------------------------------------------ helpers
     def _now(self) -> float:
@@ -109,7 +110,8 @@ class Trainer:
         """All-rank metrics on ``split``. Freed pages go back to the system before every
         score batch: under the command's malloc setting (``keep_freed_memory_for_reuse``)
         a heap fragmented by training would place each batch on fresh pages, adding to
-        the peak (benchmarks/results/design_measurements.md has the figure)."""
+        the peak (benchmarks/results/design_measurements.md has the figure). Validation
+        scores ``validation_users``'s sample when it is set."""
         model = self.model
         return distributed.evaluate_sharded(
             evaluate,
@@ -121,6 +123,7 @@ class Trainer:
             device=self.device,
             before_batch=release_free_memory,
             metrics=self.metrics,
+            users=self.valid_users if split == "valid" else None,
         )
 
     def _train_epoch(self, epoch: int) -> dict[str, float]:

@@ -10,8 +10,9 @@ One epoch (§2.5), driven by the trainer:
    :class:`~diffmm.graph_generator.ModalityGraphGenerator` (one denoiser per modality,
    ELBO plus modality-aware signal injection, eq. 11-14) for one pass over all users;
    ``graphs`` rebuilds each modality's user-item graph ``A^m`` from the generator's
-   top-``rebuild_k`` items of every user (§2.2.3), mixed with a random training
-   subgraph if asked (Fig. 4), with edge dropout;
+   top-``rebuild_k`` items of every user (§2.2.3; with ``graph_users_per_epoch``, of a
+   rolling share of the users, :mod:`diffmm.rolling_graphs`), mixed with a random
+   training subgraph if asked (Fig. 4), with edge dropout;
 2. :meth:`DiffMM.loss` is BPR on the aggregated representations (eq. 20-23) plus
    cross-modal InfoNCE between graph views (eq. 15-19) plus L2 on the ID embeddings.
 
@@ -55,6 +56,7 @@ from diffmm.models.base import (
 from diffmm.models.common import DerivedTensors, bpr_loss
 from diffmm.models.diffmm_config import DiffMMConfig
 from diffmm.ops import normalize_rows
+from diffmm.rolling_graphs import RollingTopK
 
 
 class DiffMM(DerivedTensors, Recommender):
@@ -112,6 +114,12 @@ class DiffMM(DerivedTensors, Recommender):
         self.modality_graphs: list[Tensor] = []
         self._graph_transposes: list[Tensor] = []
         self.scoring_graphs: list[Tensor] = []
+        self.rolling: RollingTopK | None = None  # graph_users_per_epoch's stored rows
+        if config.graph_users_per_epoch is not None:
+            n = len(self.modalities)
+            self.rolling = RollingTopK(
+                self.n_users, n, config.rebuild_k, config.graph_users_per_epoch
+            )
 
     def set_modality_graphs(
         self, graphs: list[Tensor], scoring_graphs: list[Tensor] | None = None
@@ -136,10 +144,13 @@ class DiffMM(DerivedTensors, Recommender):
             parts = {"crow": g.crow_indices(), "col": g.col_indices(), "values": g.values()}
             return {k: v.cpu() for k, v in parts.items()}
 
-        return {
+        state: dict[str, Any] = {
             "modality_graphs": [plain(g) for g in self.modality_graphs],
             "scoring_graphs": [plain(g) for g in self.scoring_graphs],
         }
+        if self.rolling is not None:
+            state["rolling_rows"] = self.rolling.state_dict()
+        return state
 
     def set_extra_state(self, state: dict[str, Any]) -> None:
         device, n = self.user_emb.device, self.n_users + self.n_items
@@ -151,6 +162,8 @@ class DiffMM(DerivedTensors, Recommender):
             [sparse(g) for g in state["modality_graphs"]],
             [sparse(g) for g in state.get("scoring_graphs", [])],  # absent in older runs
         )
+        if self.rolling is not None and "rolling_rows" in state:
+            self.rolling.load_state_dict(state["rolling_rows"])
 
     def extra_state_dict(self) -> dict[str, Any]:
         return {"denoiser_optimizers": self.generator.optimizer_state_dict()}
@@ -169,7 +182,10 @@ class DiffMM(DerivedTensors, Recommender):
     # ----------------------------------------------------------------- graphs (§2.2-2.3)
     def epoch_phases(self, epoch: int) -> list[EpochPhase]:
         """``diffusion``: train the generator; ``graphs``: regenerate ``A^m`` with it."""
-        return [("diffusion", self.train_generator), ("graphs", self.regenerate_graphs)]
+        return [
+            ("diffusion", self.train_generator),
+            ("graphs", lambda: self.regenerate_graphs(epoch)),
+        ]
 
     def begin_epoch(self, epoch: int) -> dict[str, float]:
         """Both phases of :meth:`epoch_phases`, in order, untimed."""
@@ -197,38 +213,41 @@ class DiffMM(DerivedTensors, Recommender):
         return self.generator.train_epoch(users, item_emb, modal_emb)
 
     @torch.no_grad()
-    def regenerate_graphs(self) -> dict[str, float]:
+    def regenerate_graphs(self, epoch: int | None = None) -> dict[str, float]:
         """Install new graphs ``A^m`` (and, with ``scoring_graph = "whole"``, the same
-        graphs before edge dropout to score with)."""
+        graphs before edge dropout to score with). With ``graph_users_per_epoch``, the
+        users due at ``epoch`` are regenerated (every user when ``epoch`` is None)."""
         if self.config.scoring_graph == "whole":
-            whole = self.generate_graphs(dropped=False)
+            whole = self.generate_graphs(dropped=False, epoch=epoch)
             dropped = [edge_dropout(g, self.config.keep_rate) for g in whole]
             self.set_modality_graphs(dropped, scoring_graphs=whole)
         else:
-            self.set_modality_graphs(self.generate_graphs())
+            self.set_modality_graphs(self.generate_graphs(epoch=epoch))
         return {}
 
     @torch.no_grad()
-    def generate_graphs(self, dropped: bool = True) -> list[Tensor]:
+    def generate_graphs(self, dropped: bool = True, epoch: int | None = None) -> list[Tensor]:
         """``A^m`` for every modality: generated and/or random graph, edge-dropped unless
-        ``dropped`` is False."""
+        ``dropped`` is False; see :meth:`regenerate_graphs` for ``epoch``."""
         cfg = self.config
         ratio = cfg.diffusion_graph_ratio
         random_graph = self._random_graph() if ratio < 1 else None
-        users = torch.arange(self.n_users, device=self.user_emb.device)
+        device = self.user_emb.device
+        users = torch.arange(self.n_users, device=device)
+        if self.rolling is not None and epoch is not None:
+            users = self.rolling.users_due(epoch, device)
         graphs = []
         for m in range(len(self.modalities)):
             graph = None
             if ratio > 0:  # in a process group: each rank its users, gathered in order
-                with distributed.rank_rng(users.device):
+                with distributed.rank_rng(device):
                     mine = self.generator.generate(users[distributed.shard(len(users))], m)
                 items = distributed.gather_rows(mine)
-                graph = topk_bipartite(
-                    users.repeat_interleave(cfg.rebuild_k),
-                    items.reshape(-1),
-                    self.n_users,
-                    self.n_items,
-                )
+                edges = users.repeat_interleave(cfg.rebuild_k), items.reshape(-1)
+                if self.rolling is not None:
+                    self.rolling.update(m, users, items)
+                    edges = self.rolling.edges(m, self.train_users, self.train_items)
+                graph = topk_bipartite(*edges, self.n_users, self.n_items)
             if graph is None:
                 graph = random_graph
             elif random_graph is not None:  # paper Fig. 4: a mix of both graphs

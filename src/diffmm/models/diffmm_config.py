@@ -218,6 +218,15 @@ class DiffMMConfig(ModelConfig):
         "every user, as in the paper). On large data this bounds the diffusion pass, whose "
         "cost per user grows with the items; graphs are still generated for every user.",
     )
+    graph_users_per_epoch: int | None = Field(
+        None,
+        ge=1,
+        le=MAX_COUNT,
+        description="Users whose generated top-k rows are regenerated per epoch, in turn "
+        "(diffmm.rolling_graphs); the others keep their last rows, and a user not yet "
+        "generated keeps its training edges. None: every user every epoch, as in the paper. "
+        "Generation costs users x items per epoch; this bounds it by this many x items.",
+    )
     diffusion_chunk_size: int = Field(
         256,
         ge=1,
