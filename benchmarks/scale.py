@@ -384,8 +384,9 @@ def main() -> None:
     for size in [s for s in args.sizes.split(",") if s]:
         for options in [o for o in args.options.split(",") if o]:
             print(f"{size} options {options}", flush=True)
-            keep(measure(size, options, args.budget))
-            print(json.dumps(rows[-1]), flush=True)
+            row = measure(size, options, args.budget)
+            keep(row)
+            print(json.dumps(row), flush=True)
     for row in processes_rows(args.processes_size) if args.processes_size else []:
         keep(row)
     write_atomic(RESULTS / "scale.md", markdown(meta, rows))

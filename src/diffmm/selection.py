@@ -7,7 +7,11 @@ one would.
 
 from __future__ import annotations
 
+import statistics
 from dataclasses import dataclass, field
+from typing import Any
+
+PARITY_NOTE = "authors' protocol (best epoch chosen on test), for parity only; never used"
 
 
 @dataclass
@@ -49,3 +53,19 @@ class Selection:
     def should_stop(self, patience: int) -> bool:
         """Whether ``patience`` validations in a row have not improved."""
         return self.bad_validations >= patience
+
+    def summary_fields(self) -> dict[str, Any]:
+        """What the run's ``summary.json`` reports of the selection: the selected epoch's
+        validation metrics, early stopping, epoch times, resumptions and (when test was
+        scored at every validation) the parity report."""
+        fields: dict[str, Any] = {
+            "valid": self.best_valid,
+            "stopped_early": self.stopped_early,
+            "seconds_per_epoch": statistics.median(self.epoch_seconds or [0.0]),
+            "seconds_total": float(sum(self.epoch_seconds)),
+        }
+        if self.resumed_after:
+            fields["resumed_after_epochs"] = self.resumed_after
+        if self.best_on_test:
+            fields["best_on_test"] = {"note": PARITY_NOTE, **self.best_on_test}
+        return fields

@@ -3,13 +3,14 @@
 After every epoch the trainer writes ``last.pt`` (:func:`save_last`: everything an
 interrupted run needs to go on exactly as an uninterrupted one) and, when validation
 improved, ``best.pt`` (:func:`save_best`: the selected model); :func:`load_last` reads
-them back. The files themselves are described in :mod:`diffmm.checkpoint`.
+them back, and :func:`start_or_resume` is where a run begins. The files themselves are
+described in :mod:`diffmm.checkpoint`.
 """
 
 from __future__ import annotations
 
 from dataclasses import asdict
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -22,6 +23,39 @@ from diffmm.errors import DataError
 from diffmm.models.base import Recommender
 from diffmm.selection import Selection
 from diffmm.state import capture_rng, restore_rng
+
+if TYPE_CHECKING:
+    from diffmm.epoch_log import Reporter
+
+
+def start_or_resume(
+    run: RunDir | None,
+    resume: bool,
+    model: Recommender,
+    optimizer: torch.optim.Optimizer,
+    rng: np.random.Generator,
+    metric: str,
+    ema: ParameterAverage | None,
+    report: Reporter,
+) -> tuple[int, Selection]:
+    """The last finished epoch and the selection so far: from ``run/last.pt`` when
+    resuming a run that has one (rank 0 reads it, :func:`broadcast_resumed` hands it to
+    the others), else epoch 0 with an empty log."""
+    done, selection = 0, Selection()
+    if run is not None:
+        if resume and (run / ckpt.LAST).exists():
+            done, selection = load_last(run, model, optimizer, rng, metric, ema)
+            report.info(f"resuming {run.path} after epoch {done}")
+            selection.resumed_after.append(done)
+        else:
+            if resume:
+                report.info(f"{run.path} has no checkpoint yet; starting from epoch 1")
+            run.remove_log()
+    elif resume and not distributed.is_distributed():
+        raise ValueError("resume needs a run directory")
+    if resume and distributed.is_distributed():  # rank 0 read last.pt: the others follow
+        done, selection = broadcast_resumed(model, optimizer, rng, done, selection, ema)
+    return done, selection
 
 
 def save_last(

@@ -27,7 +27,6 @@ alone writing (:mod:`diffmm.distributed`); one process trains exactly as without
 from __future__ import annotations
 
 import copy
-import statistics
 import time
 from contextlib import AbstractContextManager, ExitStack, nullcontext
 from pathlib import Path
@@ -53,15 +52,12 @@ from diffmm.sampling import (
     bpr_epoch_batches,
     n_bpr_batches,
 )
-from diffmm.selection import Selection
 from diffmm.utils import (
     peak_rss_mb,
     release_free_memory,
     seed_everything,
     to_json,
 )
-
-PARITY_NOTE = "authors' protocol (best epoch chosen on test), for parity only; never used"
 
 
 class Trainer:
@@ -211,26 +207,16 @@ class Trainer:
                 "warning: the dataset has no validation interactions; early stopping is "
                 "off and the last epoch is selected"
             )
-        self.selection, done = Selection(), 0
-        if self.run is not None:
-            if resume and (self.run / ckpt.LAST).exists():
-                done, self.selection = train_state.load_last(
-                    self.run, self.model, self.optimizer, self.rng, cfg.metric, self.ema
-                )
-                self.report.info(f"resuming {self.run.path} after epoch {done}")
-                self.selection.resumed_after.append(done)
-            else:
-                if resume:
-                    self.report.info(
-                        f"{self.run.path} has no checkpoint yet; starting from epoch 1"
-                    )
-                self.run.remove_log()
-        elif resume and not distributed.is_distributed():
-            raise ValueError("resume needs a run directory")
-        if resume and distributed.is_distributed():  # rank 0 read last.pt: the others follow
-            done, self.selection = train_state.broadcast_resumed(
-                self.model, self.optimizer, self.rng, done, self.selection, self.ema
-            )
+        done, self.selection = train_state.start_or_resume(
+            self.run,
+            resume,
+            self.model,
+            self.optimizer,
+            self.rng,
+            cfg.metric,
+            self.ema,
+            self.report,
+        )
         self.loss_fn = distributed.loss_function(self.model)
         # Without a run directory the best state is kept in memory instead of best.pt.
         self._best_in_memory: dict[str, Any] | None = None
@@ -339,20 +325,13 @@ class Trainer:
             "best_epoch": best_epoch,
             "selection": {"metric": cfg.metric, "split": "valid" if self.has_valid else None},
             "selected_by": selected_by,
-            "valid": sel.best_valid,
             "test": test_metrics,
             "epochs_run": epochs_run,
-            "stopped_early": sel.stopped_early,
-            "seconds_per_epoch": statistics.median(sel.epoch_seconds or [0.0]),
-            "seconds_total": float(sum(sel.epoch_seconds)),
+            **sel.summary_fields(),
             "peak_rss_mb": peak_rss_mb(),
+            **distributed.summary_fields(),  # nothing in one process
+            "precision": self.precision,
         }
-        summary.update(distributed.summary_fields())  # nothing in one process
-        summary["precision"] = self.precision
-        if sel.resumed_after:
-            summary["resumed_after_epochs"] = sel.resumed_after
-        if cfg.test_every_epoch:
-            summary["best_on_test"] = {"note": PARITY_NOTE, **sel.best_on_test}
         if self.run is not None:
             self.run.write_summary(summary)
         self.report.info(
