@@ -183,21 +183,6 @@ def test_same_seed_same_training_and_each_modality_its_own_clusters():
     assert not torch.equal(a.autoencoders[0].labels, a.autoencoders[1].labels)
 
 
-def test_generate_gives_valid_distinct_items_from_the_decoded_rows():
-    gen = generator()
-    gen.train_epoch(torch.arange(N_USERS), *targets())
-    users = torch.tensor([3, 17, 0, 29, 8, 11, 5, 2, 21, 9])  # more than one batch of 8
-    for m in range(2):
-        top = gen.generate(users, m)
-        assert top.shape == (len(users), 3) and top.dtype == torch.long
-        assert ((top >= 0) & (top < N_ITEMS)).all()
-        assert all(len(set(row.tolist())) == 3 for row in top)
-        expected = torch.topk(gen.denoise(users, m), 3, dim=1).indices
-        assert torch.equal(top.sort(1).values, expected.sort(1).values)
-    shard = torch.tensor([7, 2, 19])
-    assert torch.equal(gen.generate(shard, 1), gen.generate(torch.arange(N_USERS), 1)[shard])
-
-
 def test_latent_denoiser_is_far_smaller_than_the_full_row_one():
     n_items = 5000
     train = interactions(40, n_items)
