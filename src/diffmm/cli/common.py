@@ -8,6 +8,7 @@ from __future__ import annotations
 import functools
 import sys
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -54,8 +55,43 @@ DEFAULT_SPLIT_SEED = 2024
 TABLE_OPTIONS = ("user_col", "item_col", "rating_col", "time_col", "min_rating", "k_core")
 
 
-def _bundle_table_options(fn: F) -> F:
-    """Pass the table options to ``fn`` as one ``table`` (a ``TableOptions``) argument."""
+@dataclass(frozen=True)
+class DataSource:
+    """A command's data options as one argument: where the data are (``--data``, None
+    where the command takes a path or none was given) and how they are split, extended
+    and read. ``table`` is a ``diffmm.data.options.TableOptions``."""
+
+    data: str | None
+    split: str
+    split_seed: int
+    features: str | None
+    table: Any
+    cache_dir: str | None
+
+    def ref(self) -> Any:
+        """The ``diffmm.checkpoint.DataRef`` of these options (``data`` must be set)."""
+        from diffmm.checkpoint import DataRef
+
+        assert self.data is not None
+        return DataRef.of(
+            self.data, self.split, self.split_seed, self.features, self.table, self.cache_dir
+        )
+
+    def spec_fields(self) -> dict[str, Any]:
+        """The options as ``diffmm.experiments.BenchmarkSpec`` fields, paths absolute."""
+        assert self.data is not None
+        return {
+            "data": absolute_data(self.data),
+            "split": self.split,
+            "split_seed": self.split_seed,
+            "features": absolute_features(self.features),
+            "table": self.table,
+            "cache_dir": absolute_features(self.cache_dir),
+        }
+
+
+def _bundle_data_options(fn: F) -> F:
+    """Pass the data options to ``fn`` as one ``source`` (a :class:`DataSource`) argument."""
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
@@ -64,9 +100,17 @@ def _bundle_table_options(fn: F) -> F:
 
         given = {name: kwargs.pop(name) for name in TABLE_OPTIONS}
         try:
-            kwargs["table"] = TableOptions(**given)
+            table = TableOptions(**given)
         except DataError as err:
             raise click.UsageError(str(err)) from None
+        kwargs["source"] = DataSource(
+            kwargs.pop("data", None),
+            kwargs.pop("split"),
+            kwargs.pop("split_seed"),
+            kwargs.pop("features"),
+            table,
+            kwargs.pop("cache_dir"),
+        )
         return fn(*args, **kwargs)
 
     return wrapper  # type: ignore[return-value]
@@ -74,7 +118,8 @@ def _bundle_table_options(fn: F) -> F:
 
 def split_options(fn: F) -> F:
     """How a dataset is split, extended and read: ``--split``, ``--split-seed``,
-    ``--features``, the table options (passed as one ``table`` argument) and ``--cache-dir``.
+    ``--features``, the table options and ``--cache-dir``, passed (with ``--data`` if the
+    command has it) as one ``source`` argument, a :class:`DataSource`.
     """
     columns = [
         ("--user-col", "user", "user, user_id, userID, reviewerID"),
@@ -115,7 +160,7 @@ def split_options(fn: F) -> F:
             "--cache-dir", type=click.Path(file_okay=False), default=None, help=CACHE_DIR_HELP
         ),
     ]
-    fn = _bundle_table_options(fn)
+    fn = _bundle_data_options(fn)
     for option in reversed(options):
         fn = option(fn)
     return fn

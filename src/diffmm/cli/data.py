@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
-from typing import Any
 
 import click
 
-from diffmm.cli.common import OUT_DIR, SEED, split_options, user_errors
+from diffmm.cli.common import OUT_DIR, SEED, DataSource, split_options, user_errors
 
 
 @click.group()
@@ -30,11 +30,7 @@ def _old_seed_name(ctx: click.Context, param: click.Parameter, value: int | None
 @user_errors
 def data_stats(
     path: str,
-    split: str,
-    split_seed: int,
-    features: str | None,
-    table: Any,
-    cache_dir: str | None,
+    source: DataSource,
     old_seed: int | None,
 ) -> None:
     """Users, items, interactions per split, density, features, cold users/items."""
@@ -42,12 +38,17 @@ def data_stats(
     from diffmm.errors import ConfigError
 
     if old_seed is not None:
-        source = click.get_current_context().get_parameter_source("split_seed")
-        if source == click.core.ParameterSource.COMMANDLINE and old_seed != split_seed:
+        given = click.get_current_context().get_parameter_source("split_seed")
+        if given == click.core.ParameterSource.COMMANDLINE and old_seed != source.split_seed:
             raise ConfigError("--seed is the old name of --split-seed: give only --split-seed")
-        split_seed = old_seed
+        source = replace(source, split_seed=old_seed)
     dataset = load_dataset(
-        path, split=split, seed=split_seed, features=features, table=table, cache_dir=cache_dir
+        path,
+        split=source.split,
+        seed=source.split_seed,
+        features=source.features,
+        table=source.table,
+        cache_dir=source.cache_dir,
     )
     click.echo(format_stats(dataset_stats(dataset)))
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import click
 
@@ -12,8 +11,7 @@ from diffmm.cli.common import (
     MOVED_DATA_HELP,
     OUT_DIR,
     RUN_DIR,
-    absolute_data,
-    absolute_features,
+    DataSource,
     data_options,
     group_bounds,
     seed_list,
@@ -48,17 +46,12 @@ from diffmm.cli.common import (
 @click.option("--no-plots", is_flag=True, help="Skip the PNG plots.")
 @user_errors
 def benchmark(
-    data: str,
     models: str,
     seeds: str,
     preset: str | None,
     overrides: tuple[str, ...],
     out: Path,
-    split: str,
-    split_seed: int,
-    features: str | None,
-    table: Any,
-    cache_dir: str | None,
+    source: DataSource,
     groups: str,
     no_plots: bool,
 ) -> None:
@@ -67,16 +60,11 @@ def benchmark(
 
     seeds_chosen = seed_list(seeds)
     spec = BenchmarkSpec(
-        data=absolute_data(data),
         models=[m.strip() for m in models.split(",") if m.strip()],
         seeds=seeds_chosen,
         preset=preset,
         sets=list(overrides),
-        split=split,
-        split_seed=split_seed,
-        features=absolute_features(features),
-        table=table,
-        cache_dir=absolute_features(cache_dir),
+        **source.spec_fields(),
     )
     table = run_benchmark(
         spec,
@@ -107,33 +95,23 @@ def benchmark(
 @click.option("--out", "out", required=True, type=OUT_DIR, help="Folder for runs, table, plot.")
 @user_errors
 def sweep(
-    data: str,
     model: str,
     grid: tuple[str, ...],
     seeds: str,
     preset: str | None,
     overrides: tuple[str, ...],
     out: Path,
-    split: str,
-    split_seed: int,
-    features: str | None,
-    table: Any,
-    cache_dir: str | None,
+    source: DataSource,
 ) -> None:
     """Train a model over a grid of settings; choose on validation, report test too."""
     from diffmm.experiments import BenchmarkSpec, parse_grid, run_sweep
 
     spec = BenchmarkSpec(
-        data=absolute_data(data),
         models=[model],
         seeds=seed_list(seeds),
         preset=preset,
         sets=list(overrides),
-        split=split,
-        split_seed=split_seed,
-        features=absolute_features(features),
-        table=table,
-        cache_dir=absolute_features(cache_dir),
+        **source.spec_fields(),
     )
     spec.validate()
     run_sweep(spec, parse_grid(grid), out)

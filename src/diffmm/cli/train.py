@@ -11,7 +11,7 @@ from typing import Any
 
 import click
 
-from diffmm.cli.common import check_writable_path, data_options, user_errors
+from diffmm.cli.common import DataSource, check_writable_path, data_options, user_errors
 
 
 def _default_run_dir(model: str, data_name: str) -> Path:
@@ -60,20 +60,14 @@ def _default_run_dir(model: str, data_name: str) -> Path:
 @user_errors
 def train(
     model: str | None,
-    data: str | None,
     preset: str | None,
     config_file: Path | None,
     overrides: tuple[str, ...],
     out: Path | None,
-    split: str,
-    split_seed: int,
-    features: str | None,
-    table: Any,
-    cache_dir: str | None,
+    source: DataSource,
     resume: Path | None,
 ) -> None:
     """Train a model with validation-based selection; test is scored once at the end."""
-    from diffmm.checkpoint import DataRef
     from diffmm.config import resolve_config
     from diffmm.distributed import launched_as_main
     from diffmm.errors import ConfigError
@@ -82,14 +76,14 @@ def train(
     if resume is not None:
         _refuse_split_options_on_resume(resume)
         run_config, dataset, data_ref = _resume_inputs(
-            resume, model, data, preset, config_file, overrides, out, cache_dir
+            resume, model, source.data, preset, config_file, overrides, out, source.cache_dir
         )
         run_dir = resume
     else:
-        if data is None:
+        if source.data is None:
             raise ConfigError("--data is required (or --resume RUN_DIR to continue a run)")
         run_config = resolve_config(model, preset, config_file, overrides)
-        data_ref = DataRef.of(data, split, split_seed, features, table, cache_dir)
+        data_ref = source.ref()
         dataset = data_ref.load()
         run_dir = out or _default_run_dir(run_config.model, dataset.name)
         check_writable_path(run_dir / "config.json")
