@@ -266,7 +266,7 @@ def markdown(meta: dict[str, Any], rows: list[dict[str, Any]]) -> str:
     lines = [
         "# DiffMM at scale: one epoch",
         "",
-        "Rows come from runs of `python benchmarks/scale.py --sizes ... --options off|on "
+        "Rows come from runs of `python benchmarks/scale.py --sizes ... --options off|on|linear "
         "--budget N` (the last: "
         f"`{meta['command']}`); each row records its revision, date and a 1-minute load "
         "average taken with it (`scale.json`). Machine: "
