@@ -98,6 +98,8 @@ RESUMED = {
     "lightgcn+ema": ["train.ema_decay=0.9"],
     # rows refreshed in turn: the stored rows of the other users must come back
     "diffmm+rolling": ["graph_users_per_epoch=50"],
+    # the window of past graphs must come back too
+    "diffmm+window": ["graph_average_epochs=3"],
 }
 
 

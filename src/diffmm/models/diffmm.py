@@ -11,8 +11,9 @@ One epoch (§2.5), driven by the trainer:
    ELBO plus modality-aware signal injection, eq. 11-14) for one pass over all users;
    ``graphs`` rebuilds each modality's user-item graph ``A^m`` from the generator's
    top-``rebuild_k`` items of every user (§2.2.3; with ``graph_users_per_epoch``, of a
-   rolling share of the users, :mod:`diffmm.rolling_graphs`), mixed with a random
-   training subgraph if asked (Fig. 4), with edge dropout;
+   rolling share of the users, :mod:`diffmm.rolling_graphs`; averaged over the last
+   ``graph_average_epochs``, :mod:`diffmm.graph_average`), mixed with a random training
+   subgraph if asked (Fig. 4), with edge dropout;
 2. :meth:`DiffMM.loss` is BPR on the aggregated representations (eq. 20-23) plus
    cross-modal InfoNCE between graph views (eq. 15-19) plus L2 on the ID embeddings.
 
@@ -44,6 +45,7 @@ from diffmm.graph import (
     topk_bipartite,
     transpose_csr,
 )
+from diffmm.graph_average import GraphWindow
 from diffmm.graph_generator import ModalityGraphGenerator
 from diffmm.models.base import (
     Batch,
@@ -114,6 +116,9 @@ class DiffMM(DerivedTensors, Recommender):
         self.modality_graphs: list[Tensor] = []
         self._graph_transposes: list[Tensor] = []
         self.scoring_graphs: list[Tensor] = []
+        self.window: GraphWindow | None = None  # graph_average_epochs' last graphs
+        if config.graph_average_epochs > 1:
+            self.window = GraphWindow(len(self.modalities), config.graph_average_epochs)
         self.rolling: RollingTopK | None = None  # graph_users_per_epoch's stored rows
         if config.graph_users_per_epoch is not None:
             n = len(self.modalities)
@@ -150,6 +155,8 @@ class DiffMM(DerivedTensors, Recommender):
         }
         if self.rolling is not None:
             state["rolling_rows"] = self.rolling.state_dict()
+        if self.window is not None:
+            state["graph_window"] = self.window.state_dict()
         return state
 
     def set_extra_state(self, state: dict[str, Any]) -> None:
@@ -164,6 +171,8 @@ class DiffMM(DerivedTensors, Recommender):
         )
         if self.rolling is not None and "rolling_rows" in state:
             self.rolling.load_state_dict(state["rolling_rows"])
+        if self.window is not None and "graph_window" in state:
+            self.window.load_state_dict(state["graph_window"])
 
     def extra_state_dict(self) -> dict[str, Any]:
         return {"denoiser_optimizers": self.generator.optimizer_state_dict()}
@@ -248,6 +257,8 @@ class DiffMM(DerivedTensors, Recommender):
                     self.rolling.update(m, users, items)
                     edges = self.rolling.edges(m, self.train_users, self.train_items)
                 graph = topk_bipartite(*edges, self.n_users, self.n_items)
+                if self.window is not None:
+                    graph = self.window.push(m, graph)
             if graph is None:
                 graph = random_graph
             elif random_graph is not None:  # paper Fig. 4: a mix of both graphs

@@ -227,6 +227,14 @@ class DiffMMConfig(ModelConfig):
         "generated keeps its training edges. None: every user every epoch, as in the paper. "
         "Generation costs users x items per epoch; this bounds it by this many x items.",
     )
+    graph_average_epochs: int = Field(
+        1,
+        ge=1,
+        le=MAX_COUNT,
+        description="A^m is the mean of the last this many epochs' generated graphs "
+        "(diffmm.graph_average), damping their change from epoch to epoch; 1: the "
+        "epoch's own graph, as in the paper. Not in the paper.",
+    )
     diffusion_chunk_size: int = Field(
         256,
         ge=1,
