@@ -55,3 +55,12 @@ def test_commands_name_paths_relative_to_the_repository():
 def test_committed_results_record_no_absolute_paths(path):
     found = [m.group(0) for m in ABSOLUTE.finditer(path.read_text())]
     assert not found, f"{path.name} names absolute paths: {found[:3]}"
+
+
+def test_the_scale_benchmarks_linear_set_is_the_large_preset():
+    import scale
+    from diffmm.config import resolve_config
+
+    preset = resolve_config("diffmm", "large")
+    spelled = resolve_config("diffmm", overrides=scale.OPTIONS["linear"])
+    assert preset.train == spelled.train and preset.params == spelled.params

@@ -34,7 +34,7 @@ def test_presets_live_with_their_model():
     from diffmm.models.diffmm import DiffMM
 
     assert presets_of("diffmm") == DiffMM.Config.presets
-    assert set(presets_of("diffmm")) == {"tiktok", "baby", "sports"}
+    assert set(presets_of("diffmm")) == {"tiktok", "baby", "sports", "large"}
     assert presets_of("mf") == {}
     with pytest.raises(
         ConfigError, match="unknown preset 'tiktok' for model 'mf'; available: none"

@@ -70,6 +70,17 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
             "trans": "linear",
         },
     },
+    # Not a dataset's: the options that bound an epoch's cost on 10^5-10^6 users (README
+    # "Large data"; benchmarks/scale.py's "linear" set), on top of the paper's defaults.
+    "large": {
+        "train": {"max_batches_per_epoch": 64, "validation_users": 16384},
+        "diffmm": {
+            "contrastive_negatives": "sampled",
+            "diffusion_space": "latent",
+            "diffusion_users_per_epoch": 16384,
+            "graph_users_per_epoch": 16384,
+        },
+    },
 }
 
 
