@@ -188,3 +188,18 @@ def phase_medians(log: list[dict[str, Any]]) -> dict[str, float]:
         if values:
             out[key] = statistics.median(values)
     return out
+
+
+def ml100k_features(folder: Path, text: bool) -> Path:
+    """MovieLens-100K's genre features (multi-hot) and, with ``text``, a sentence
+    embedding of title + genres (needs the [text] extra and its model), under ``folder``,
+    computed once by ``diffmm features``."""
+    items = require_dataset("ml-100k") / "ml-100k.item"
+    exe = str(Path(sys.executable).with_name("diffmm"))
+    if text and not (folder / "text.features.npz").exists():
+        columns = ["--columns", "movie_title,class", "--out", str(folder)]
+        subprocess.run([exe, "features", "text", str(items), *columns], check=True)
+    if not (folder / "genre.features.npz").exists():
+        multihot = ["--column", "class", "--out", str(folder)]
+        subprocess.run([exe, "features", "multihot", str(items), *multihot], check=True)
+    return folder

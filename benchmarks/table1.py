@@ -30,6 +30,7 @@ from common import (
     RUNS,
     git_revision,
     machine_info,
+    ml100k_features,
     repo_path,
     repo_relative_text,
     require_dataset,
@@ -54,30 +55,6 @@ def diffmm(*args: str) -> list[str]:
     return [str(Path(sys.executable).with_name("diffmm")), *args]
 
 
-def ml100k_features(folder: Path) -> Path:
-    """Text and genre features of MovieLens-100K under ``folder`` (computed once)."""
-    items = require_dataset("ml-100k") / "ml-100k.item"
-    if not (folder / "text.features.npz").exists():
-        subprocess.run(
-            diffmm(
-                "features",
-                "text",
-                str(items),
-                "--columns",
-                "movie_title,class",
-                "--out",
-                str(folder),
-            ),
-            check=True,
-        )
-    if not (folder / "genre.features.npz").exists():
-        subprocess.run(
-            diffmm("features", "multihot", str(items), "--column", "class", "--out", str(folder)),
-            check=True,
-        )
-    return folder
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--dataset", choices=sorted(SETTINGS), required=True)
@@ -91,7 +68,7 @@ def main() -> None:
     cmd = ["benchmark", "--models", args.models, "--seeds", args.seeds, "--out", repo_path(out)]
     if args.dataset == "ml100k":
         data = require_dataset("ml-100k") / "ml-100k.inter"
-        features = ml100k_features(RUNS / "ml100k-features")
+        features = ml100k_features(RUNS / "ml100k-features", text=True)
         cmd += ["--data", repo_path(data), "--features", repo_path(features)]
     else:
         cmd += ["--data", repo_path(require_dataset(args.dataset))]
