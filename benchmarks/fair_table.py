@@ -102,19 +102,23 @@ def markdown(meta: dict[str, Any], results: dict[str, Any]) -> str:
     lines = [
         f"# Fair comparison on {meta['dataset']}: the same tuning budget for every model",
         "",
-        f"Command: `{meta['command']}`; revision `{meta['revision']}`; machine "
+        f"Last command: `{meta['command']}` (earlier ones tuned the models of other "
+        f"revisions in the table); revision `{meta['revision']}`; machine "
         f"{meta['machine']['cpu']}, {meta['machine']['cores']} cores, {meta['machine']['date']}.",
         "",
         "Each model: its grid with seed 421, the point with the best validation Recall@20, "
         "then that point with seeds 421-423 (test Recall@20, mean ± std).",
         "",
-        "| model | grid | chosen | test recall@20 (3 seeds) |",
-        "|---|---|---|---|",
+        "| model | grid | chosen | test recall@20 (3 seeds) | revision |",
+        "|---|---|---|---|---|",
     ]
     for model, r in results.items():
         grid = "; ".join(f"`{k}` {', '.join(v)}" for k, v in r["grid"].items())
         chosen = ", ".join(f"`{k}={v}`" for k, v in r["chosen"].items())
-        lines.append(f"| {model} | {grid} | {chosen} | {r['mean']:.4f} ± {r['std']:.4f} |")
+        revision = r.get("revision", meta["revision"])[:7]
+        lines.append(
+            f"| {model} | {grid} | {chosen} | {r['mean']:.4f} ± {r['std']:.4f} | {revision} |"
+        )
     for model, r in results.items():
         lines += ["", f"## {model}: every point (seed 421)", ""]
         keys = list(r["points"][0])
@@ -144,8 +148,16 @@ def main() -> None:
         "machine": machine_info(),
         "fixed": FIXED,
     }
-    results = {m: tune(data, args.dataset, m) for m in args.models.split(",")}
     stem = RESULTS / f"fair_table_{args.dataset}"
+    # models tuned by an earlier command stay, each with the revision it ran at
+    saved = (
+        json.loads(stem.with_suffix(".json").read_text())
+        if stem.with_suffix(".json").exists()
+        else {}
+    )
+    results = saved.get("models", {})
+    for model in args.models.split(","):
+        results[model] = {**tune(data, args.dataset, model), "revision": meta["revision"]}
     write(stem.with_suffix(".json"), json.dumps({**meta, "models": results}, indent=2) + "\n")
     write(stem.with_suffix(".md"), markdown(meta, results))
     print(stem.with_suffix(".md").read_text())
