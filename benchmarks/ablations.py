@@ -114,36 +114,45 @@ def summary(records: dict[str, dict[str, Any]], variants: list[str]) -> dict[str
 
 
 def verdict(ablations: dict[str, Any], variant: str = "w/o DM") -> str | None:
-    """One sentence: do the diffusion graphs help here (per-user interval if present)."""
+    """One sentence: do the diffusion graphs help here? Both intervals where they exist:
+    help (or hurt) is said only when every interval excludes zero on the same side."""
     row = ablations.get(variant, {}).get("vs_full")
     if not row:
         return None
     seeds = ", ".join(map(str, row["seeds"]))
+    intervals: list[tuple[float, float]] = []
+    parts = []
+    if row["t_ci95_over_seeds"] is not None:
+        low, high = row["t_ci95_over_seeds"]
+        intervals.append((low, high))
+        parts.append(
+            f"{row['mean_diff']:+.4f} over seeds {seeds} (95% t interval, the spread of "
+            f"training runs: [{low:+.4f}, {high:+.4f}])"
+        )
     pu = row.get("per_user")
     if pu is not None:
-        low, high = pu["ci_low"], pu["ci_high"]
-        where = (
-            f"{pu['diff']:+.4f} per user over seeds {seeds} (95% bootstrap interval "
-            f"[{low:+.4f}, {high:+.4f}], p = {pu['p_value']:.3g})"
+        intervals.append((pu["ci_low"], pu["ci_high"]))
+        parts.append(
+            f"{pu['diff']:+.4f} per user (95% bootstrap interval, the test set's sampling "
+            f"noise: [{pu['ci_low']:+.4f}, {pu['ci_high']:+.4f}], p = {pu['p_value']:.3g})"
         )
-    elif row["t_ci95_over_seeds"] is not None:
-        low, high = row["t_ci95_over_seeds"]
-        where = f"{row['mean_diff']:+.4f} over seeds {seeds} (95% t interval "
-        where += f"[{low:+.4f}, {high:+.4f}])"
-    else:
-        low = high = None
-        where = f"{row['mean_diff']:+.4f} with seed {seeds}"
+    if not parts:
+        parts.append(f"{row['mean_diff']:+.4f} with seed {seeds}")
+    where = "; ".join(parts)
     if len(row["seeds"]) < 2:
-        where += (
-            "; one seed: the interval covers the test set's sampling noise, not the spread "
-            "of training runs"
-        )
-    if low is None or high is None:
+        where += "; one seed: nothing measures the spread of training runs"
+    if not intervals:
         answer = "one seed gives no interval, so this does not answer whether they help yet"
-    elif high < 0:
+    elif all(high < 0 for _, high in intervals):
         answer = "the diffusion-generated graphs help on TikTok"
-    elif low > 0:
+    elif all(low > 0 for low, _ in intervals):
         answer = "the diffusion-generated graphs hurt on TikTok"
+    elif any(high < 0 or low > 0 for low, high in intervals):
+        side = "hurt" if row["mean_diff"] > 0 else "help"
+        answer = (
+            f"the diffusion-generated graphs do not help detectably on TikTok: one interval "
+            f"excludes zero (they may {side} slightly), the other does not"
+        )
     else:
         answer = (
             "on TikTok the diffusion-generated graphs make no difference that these runs can detect"

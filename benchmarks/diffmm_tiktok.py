@@ -64,7 +64,7 @@ OPTION_VARIANTS: dict[str, list[str]] = {
     "large-data options": ["contrastive_negatives=sampled", "diffusion_space=latent"],
     # every per-epoch count at about a third of TikTok's 9.3k users, as `--preset large`'s
     # 16384 would be on ~50k users: what sampling users costs in accuracy
-    "large-data options, a third of the users per epoch": [
+    "large-data options with a third of the users per epoch": [
         "contrastive_negatives=sampled",
         "diffusion_space=latent",
         "diffusion_users_per_epoch=3200",

@@ -64,3 +64,25 @@ def test_the_scale_benchmarks_linear_set_is_the_large_preset():
     preset = resolve_config("diffmm", "large")
     spelled = resolve_config("diffmm", overrides=scale.OPTIONS["linear"])
     assert preset.train == spelled.train and preset.params == spelled.params
+
+
+def test_variant_names_can_be_given_to_variants():
+    """--variants is comma-separated: a name with a comma could never be chosen."""
+    assert all("," not in name for name in diffmm_tiktok.VARIANTS)
+
+
+def test_the_verdict_says_help_or_hurt_only_when_every_interval_agrees():
+    import ablations
+
+    def row(t, per_user):
+        vs = {"seeds": [421, 422, 423], "mean_diff": 0.002, "t_ci95_over_seeds": t}
+        if per_user:
+            low, high = per_user
+            vs["per_user"] = {"diff": 0.002, "ci_low": low, "ci_high": high, "p_value": 0.04}
+        return {"w/o DM": {"vs_full": vs}}
+
+    assert "graphs hurt on TikTok" in ablations.verdict(row((0.001, 0.003), (0.0002, 0.004)))
+    mixed = ablations.verdict(row((-0.001, 0.005), (0.0002, 0.004)))
+    assert "do not help detectably" in mixed and "may hurt slightly" in mixed
+    assert "no difference" in ablations.verdict(row((-0.001, 0.005), (-0.001, 0.004)))
+    assert "graphs help on TikTok" in ablations.verdict(row((-0.005, -0.001), None))
