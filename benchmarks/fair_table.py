@@ -155,7 +155,7 @@ def main() -> None:
         if stem.with_suffix(".json").exists()
         else {}
     )
-    results = saved.get("models", {})
+    results = {m: {"revision": saved["revision"], **r} for m, r in saved.get("models", {}).items()}
     for model in args.models.split(","):
         results[model] = {**tune(data, args.dataset, model), "revision": meta["revision"]}
     write(stem.with_suffix(".json"), json.dumps({**meta, "models": results}, indent=2) + "\n")
