@@ -15,16 +15,19 @@ Used by ``diffmm_tiktok.py``; the runs are its records.
 
 from __future__ import annotations
 
+import os
 import statistics
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from common import REPO, mean_std
+from common import REPO, RESULTS, mean_std
 
 FULL = "DiffMM"
 METRIC = "recall@20"
+#: Committed per-user test values of the runs (one ``.npz`` per run directory).
+PER_USER = RESULTS / "per_user"
 
 
 def _run_dir(record: dict[str, Any]) -> Path:
@@ -32,17 +35,59 @@ def _run_dir(record: dict[str, Any]) -> Path:
     return REPO / command[command.index("--out") + 1]
 
 
+def _stored(record: dict[str, Any]) -> Path:
+    """Where a run's per-user test Recall@20 is kept, committed: run directories are
+    git-ignored, so a later machine can still pair a new run with this one by user."""
+    return PER_USER / f"{_run_dir(record).name}.npz"
+
+
+def _matches(record: dict[str, Any], stored: Any) -> bool:
+    """The stored values are this record's run: its revision and its recorded result."""
+    return (
+        str(stored["revision"]) == record["revision"]
+        and float(stored["recorded"]) == record["test"][METRIC]
+    )
+
+
 def _per_user(record: dict[str, Any], cache: dict[str, np.ndarray]) -> np.ndarray | None:
+    """The run's test Recall@20 per user, in user order: from the committed copy when it
+    is this run's, else from the run directory (and then committed), else None."""
     from diffmm.compare import per_user_metrics
 
+    path = _stored(record)
+    key = str(path)
+    if key in cache:
+        return cache[key]
+    if path.exists():
+        with np.load(path) as stored:
+            if _matches(record, stored):
+                cache[key] = stored["values"]
+                return cache[key]
     run_dir = _run_dir(record)
-    key = str(run_dir)
-    if key not in cache:
-        if not (run_dir / "best.pt").exists():
-            return None
-        users, values = per_user_metrics(run_dir, "test", ks=(20,), metrics=["recall"])
-        cache[key] = values[METRIC][np.argsort(users)]
-    return cache[key]
+    if not (run_dir / "best.pt").exists():
+        return None
+    users, values = per_user_metrics(run_dir, "test", ks=(20,), metrics=[METRIC.split("@")[0]])
+    order = np.argsort(users)
+    users, values = users[order], values[METRIC][order]
+    if abs(values.mean() - record["test"][METRIC]) > 1e-6:
+        print(
+            f"warning: {run_dir}'s best model gives test {METRIC} {values.mean():.6f}, "
+            f"the run recorded {record['test'][METRIC]:.6f}",
+            flush=True,
+        )
+    PER_USER.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")  # written whole, then renamed; umask honoured
+    with open(tmp, "wb") as f:
+        np.savez_compressed(
+            f,
+            users=users,
+            values=values,
+            revision=record["revision"],
+            recorded=record["test"][METRIC],
+        )
+    os.replace(tmp, path)
+    cache[key] = values
+    return values
 
 
 def t_interval(diffs: list[float], confidence: float = 0.95) -> list[float] | None:
@@ -58,9 +103,14 @@ def t_interval(diffs: list[float], confidence: float = 0.95) -> list[float] | No
 
 
 def paired(
-    full: dict[int, dict[str, Any]], variant: dict[int, dict[str, Any]], cache: dict
+    full: dict[int, dict[str, Any]],
+    variant: dict[int, dict[str, Any]],
+    cache: dict,
+    earlier: dict[str, Any] | None = None,
 ) -> dict[str, Any] | None:
-    """The variant minus the full model, over their common seeds."""
+    """The variant minus the full model, over their common seeds. ``earlier`` is this
+    comparison as last reported: its per-user part is kept, marked, when the same runs
+    are paired again but their per-user values are not on this machine."""
     from diffmm.compare import paired_comparison
 
     seeds = sorted(set(full) & set(variant))
@@ -80,13 +130,24 @@ def paired(
         result = paired_comparison(np.mean(a, axis=0), np.mean(b, axis=0))
         out["per_user"] = {k: result[k] for k in ("diff", "ci_low", "ci_high", "p_value")}
         out["per_user"]["n_users"] = result["n_users"]
+    elif (
+        earlier
+        and earlier.get("per_user")
+        and all(earlier.get(k) == out[k] for k in ("seeds", "full_revision", "diff_per_seed"))
+    ):
+        out["per_user"] = {**earlier["per_user"], "from_earlier_report": True}
     else:
-        out["per_user"] = None  # the run directories are not here
+        out["per_user"] = None  # neither the run directories nor their values are here
     return out
 
 
-def summary(records: dict[str, dict[str, Any]], variants: list[str]) -> dict[str, Any]:
-    """``{variant: {"val_selected_test_recall@20": [per seed], ..., "vs_full": ...}}``."""
+def summary(
+    records: dict[str, dict[str, Any]],
+    variants: list[str],
+    earlier: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """``{variant: {"val_selected_test_recall@20": [per seed], ..., "vs_full": ...}}``;
+    ``earlier`` is the same summary as last reported (see :func:`paired`)."""
     by_variant: dict[str, dict[int, dict[str, Any]]] = {}
     for r in records.values():
         if r["variant"] in variants:
@@ -109,7 +170,8 @@ def summary(records: dict[str, dict[str, Any]], variants: list[str]) -> dict[str
             "std": statistics.stdev(recall) if len(recall) > 1 else None,
         }
         if variant != FULL and FULL in by_variant:
-            out[variant]["vs_full"] = paired(by_variant[FULL], runs, cache)
+            before = ((earlier or {}).get(variant) or {}).get("vs_full")
+            out[variant]["vs_full"] = paired(by_variant[FULL], runs, cache, before)
     return out
 
 
@@ -180,6 +242,7 @@ def section(ablations: dict[str, Any], title: str = "Ablations, paired by seed a
         "| p | revisions (variant / full model) |",
         "|---|---|---|---|---|---|---|",
     ]
+    carried = False
     for variant, row in ablations.items():
         vs = row.get("vs_full")
         over_seeds = per_user = p = "–"
@@ -191,9 +254,12 @@ def section(ablations: dict[str, Any], title: str = "Ablations, paired by seed a
             if vs.get("per_user"):
                 pu = vs["per_user"]
                 per_user = f"{pu['diff']:+.4f} [{pu['ci_low']:+.4f}, {pu['ci_high']:+.4f}]"
+                if pu.get("from_earlier_report"):
+                    per_user += " †"
+                    carried = True
                 p = f"{pu['p_value']:.3g}"
             else:
-                per_user = "run directories absent"
+                per_user = "per-user values absent"
         revisions = ", ".join(sorted({r[:7] for r in row["revision"]}))
         if vs:  # the full model's runs it is paired with
             revisions += " / " + ", ".join(sorted({r[:7] for r in vs["full_revision"]}))
@@ -202,6 +268,13 @@ def section(ablations: dict[str, Any], title: str = "Ablations, paired by seed a
             f"{mean_std(row['val_selected_test_recall@20'])} | {over_seeds} | {per_user} | "
             f"{p} | {revisions} |"
         )
+    if carried:
+        lines += [
+            "",
+            "† as last reported: these runs' per-user values were computed on an earlier "
+            "machine from run directories that are not here (runs since keep theirs in "
+            "`results/per_user/`).",
+        ]
     sentence = verdict(ablations)
     if sentence:
         lines += ["", sentence]

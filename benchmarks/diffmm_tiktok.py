@@ -254,11 +254,13 @@ def write_reports(records: dict[str, dict[str, Any]]) -> None:
             "change against the equations in float64); their float32 rounding differs, "
             "which acts like a different seed.",
         ]
-    ablation_rows = ablations.summary(records, list(ABLATIONS))
+    report = RESULTS / "diffmm_tiktok.json"
+    earlier = json.loads(report.read_text()) if report.exists() else {}
+    ablation_rows = ablations.summary(records, list(ABLATIONS), earlier.get("ablations"))
     lines += ablations.section(ablation_rows)
-    options = ablations.summary(records, ["DiffMM", *OPTION_VARIANTS])
+    options = ablations.summary(records, ["DiffMM", *OPTION_VARIANTS], earlier.get("options"))
     lines += ablations.section(options, "Large-data options (issue 13) against the full model")
-    beyond = ablations.summary(records, ["DiffMM", *BEYOND_VARIANTS])
+    beyond = ablations.summary(records, ["DiffMM", *BEYOND_VARIANTS], earlier.get("beyond_parity"))
     lines += ablations.section(
         beyond, "Candidates beyond parity (issue 15 §4) against the full model"
     )
@@ -375,7 +377,7 @@ def write_reports(records: dict[str, dict[str, Any]]) -> None:
             if r["variant"].startswith(TUNE)
         },
     }
-    write_atomic(RESULTS / "diffmm_tiktok.json", json.dumps(summary, indent=2) + "\n")
+    write_atomic(report, json.dumps(summary, indent=2) + "\n")
 
 
 def main() -> None:

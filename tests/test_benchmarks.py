@@ -7,6 +7,7 @@ import re
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
@@ -86,3 +87,50 @@ def test_the_verdict_says_help_or_hurt_only_when_every_interval_agrees():
     assert "do not help detectably" in mixed and "may hurt slightly" in mixed
     assert "no difference" in ablations.verdict(row((-0.001, 0.005), (-0.001, 0.004)))
     assert "graphs help on TikTok" in ablations.verdict(row((-0.005, -0.001), None))
+
+
+def _record(name: str, revision: str, recall: float) -> dict:
+    return {
+        "command": f"diffmm train --out benchmarks/runs/{name} --preset tiktok",
+        "revision": revision,
+        "test": {"recall@20": recall},
+    }
+
+
+def test_per_user_values_are_committed_and_used_once_the_run_directory_is_gone(
+    tmp_path, monkeypatch
+):
+    import ablations
+    import diffmm.compare
+
+    monkeypatch.setattr(ablations, "REPO", tmp_path)
+    monkeypatch.setattr(ablations, "PER_USER", tmp_path / "per_user")
+    run_dir = tmp_path / "benchmarks" / "runs" / "x-seed421"
+    run_dir.mkdir(parents=True)
+    (run_dir / "best.pt").write_bytes(b"")
+    values = {"recall@20": [0.5, 0.0, 1.0]}
+    monkeypatch.setattr(
+        diffmm.compare,
+        "per_user_metrics",
+        lambda *a, **k: (np.array([2, 0, 1]), {m: np.array(v) for m, v in values.items()}),
+    )
+    record = _record("x-seed421", "abc", 0.5)
+    first = ablations._per_user(record, {})
+    assert first.tolist() == [0.0, 1.0, 0.5]  # in user order
+    (run_dir / "best.pt").unlink()  # a new machine: only the committed values remain
+    assert ablations._per_user(record, {}).tolist() == first.tolist()
+    assert ablations._per_user(_record("x-seed421", "def", 0.5), {}) is None  # another run
+
+
+def test_a_comparison_keeps_its_earlier_per_user_result_only_for_the_same_runs():
+    import ablations
+
+    full = {421: _record("f-seed421", "r1", 0.10), 422: _record("f-seed422", "r1", 0.11)}
+    variant = {421: _record("v-seed421", "r2", 0.12), 422: _record("v-seed422", "r2", 0.10)}
+    fresh = ablations.paired(full, variant, {})  # no run directories, nothing stored
+    assert fresh["per_user"] is None
+    earlier = {**fresh, "per_user": {"diff": 0.005, "ci_low": -0.001, "ci_high": 0.01}}
+    kept = ablations.paired(full, variant, {}, earlier)["per_user"]
+    assert kept["diff"] == 0.005 and kept["from_earlier_report"]
+    variant[422] = _record("v-seed422", "r3", 0.105)  # a rerun: the old result is not its
+    assert ablations.paired(full, variant, {}, earlier)["per_user"] is None
