@@ -15,79 +15,33 @@ Used by ``diffmm_tiktok.py``; the runs are its records.
 
 from __future__ import annotations
 
-import os
 import statistics
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from common import REPO, RESULTS, mean_std
+import per_user
+from common import REPO, mean_std
 
 FULL = "DiffMM"
 METRIC = "recall@20"
-#: Committed per-user test values of the runs (one ``.npz`` per run directory).
-PER_USER = RESULTS / "per_user"
 
 
-def _run_dir(record: dict[str, Any]) -> Path:
+def run_dir(record: dict[str, Any]) -> Path:
     command = record["command"].split()
     return REPO / command[command.index("--out") + 1]
 
 
-def _stored(record: dict[str, Any]) -> Path:
-    """Where a run's per-user test Recall@20 is kept, committed: run directories are
-    git-ignored, so a later machine can still pair a new run with this one by user."""
-    return PER_USER / f"{_run_dir(record).name}.npz"
-
-
-def _matches(record: dict[str, Any], stored: Any) -> bool:
-    """The stored values are this record's run: its revision and its recorded result."""
-    return (
-        str(stored["revision"]) == record["revision"]
-        and float(stored["recorded"]) == record["test"][METRIC]
-    )
-
-
 def _per_user(record: dict[str, Any], cache: dict[str, np.ndarray]) -> np.ndarray | None:
-    """The run's test Recall@20 per user, in user order: from the committed copy when it
-    is this run's, else from the run directory (and then committed), else None."""
-    from diffmm.compare import per_user_metrics
-
-    path = _stored(record)
-    key = str(path)
-    if key in cache:
-        return cache[key]
-    if path.exists():
-        with np.load(path) as stored:
-            if _matches(record, stored):
-                cache[key] = stored["values"]
-                return cache[key]
-    run_dir = _run_dir(record)
-    if not (run_dir / "best.pt").exists():
-        return None
-    users, values = per_user_metrics(run_dir, "test", ks=(20,), metrics=[METRIC.split("@")[0]])
-    order = np.argsort(users)
-    users, values = users[order], values[METRIC][order]
-    if abs(values.mean() - record["test"][METRIC]) > 1e-6:
-        print(
-            f"warning: {run_dir}'s best model gives test {METRIC} {values.mean():.6f}, "
-            f"the run recorded {record['test'][METRIC]:.6f}",
-            flush=True,
+    """The run's test Recall@20 per user (:func:`per_user.values`), or None."""
+    folder = run_dir(record)
+    key = str(folder)
+    if key not in cache:
+        cache[key] = per_user.values(
+            folder, folder.name, record["revision"], record["test"][METRIC]
         )
-    PER_USER.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")  # written whole, then renamed; umask honoured
-    with open(tmp, "wb") as f:
-        np.savez_compressed(
-            f,
-            users=users,
-            values=values,
-            revision=record["revision"],
-            recorded=record["test"][METRIC],
-        )
-    os.replace(tmp, path)
-    cache[key] = values
-    return values
+    return cache[key]
 
 
 def t_interval(diffs: list[float], confidence: float = 0.95) -> list[float] | None:

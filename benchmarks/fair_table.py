@@ -28,6 +28,7 @@ from typing import Any
 
 import pandas as pd
 
+import per_user
 from common import (
     RESULTS,
     RUNS,
@@ -69,7 +70,18 @@ def sweep(data: list[str], model: str, grid: dict[str, list[str]], seeds: str, o
     return out / "sweep.csv"
 
 
-def tune(data: list[str], dataset: str, model: str) -> dict[str, Any]:
+def run_dir(dataset: str, model: str, point: dict[str, str], seed: int) -> Path:
+    """The run directory of one run of ``model`` at grid ``point`` (what the sweep makes)."""
+    label = ",".join(f"{k}={v}" for k, v in point.items())
+    return RUNS / f"fair-{dataset}-{model}" / "runs" / f"{label}-seed{seed}"
+
+
+def stored_name(dataset: str, model: str, seed: int) -> str:
+    """The name of a confirmation run's per-user values in ``results/per_user/``."""
+    return f"fair-{dataset}-{model}-seed{seed}"
+
+
+def tune(data: list[str], dataset: str, model: str, revision: str) -> dict[str, Any]:
     out = RUNS / f"fair-{dataset}-{model}"
     grid = GRIDS[model]
     # --seeds is a count (1 = seed 421, 3 = seeds 421-423) or a list with commas
@@ -81,10 +93,13 @@ def tune(data: list[str], dataset: str, model: str) -> dict[str, Any]:
         dtype={k: str for k in grid},
     )
     runs = []
-    label = ",".join(f"{k}={v}" for k, v in point.items())
     for seed in SEEDS:
-        summary = json.loads((out / "runs" / f"{label}-seed{seed}" / "summary.json").read_text())
+        folder = run_dir(dataset, model, point, seed)
+        summary = json.loads((folder / "summary.json").read_text())
         runs.append({"seed": seed, "valid": summary["valid"], "test": summary["test"]})
+        # kept for the paired comparisons with DiffMM (significance.py)
+        name, recorded = stored_name(dataset, model, seed), summary["test"]["recall@20"]
+        per_user.values(folder, name, revision, recorded)
     recall = [r["test"]["recall@20"] for r in runs]
     return {
         "grid": grid,
@@ -157,7 +172,8 @@ def main() -> None:
     )
     results = {m: {"revision": saved["revision"], **r} for m, r in saved.get("models", {}).items()}
     for model in args.models.split(","):
-        results[model] = {**tune(data, args.dataset, model), "revision": meta["revision"]}
+        tuned = tune(data, args.dataset, model, meta["revision"])
+        results[model] = {**tuned, "revision": meta["revision"]}
     write(stem.with_suffix(".json"), json.dumps({**meta, "models": results}, indent=2) + "\n")
     write(stem.with_suffix(".md"), markdown(meta, results))
     print(stem.with_suffix(".md").read_text())

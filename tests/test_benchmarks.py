@@ -102,9 +102,10 @@ def test_per_user_values_are_committed_and_used_once_the_run_directory_is_gone(
 ):
     import ablations
     import diffmm.compare
+    import per_user
 
     monkeypatch.setattr(ablations, "REPO", tmp_path)
-    monkeypatch.setattr(ablations, "PER_USER", tmp_path / "per_user")
+    monkeypatch.setattr(per_user, "STORE", tmp_path / "per_user")
     run_dir = tmp_path / "benchmarks" / "runs" / "x-seed421"
     run_dir.mkdir(parents=True)
     (run_dir / "best.pt").write_bytes(b"")
@@ -134,3 +135,30 @@ def test_a_comparison_keeps_its_earlier_per_user_result_only_for_the_same_runs()
     assert kept["diff"] == 0.005 and kept["from_earlier_report"]
     variant[422] = _record("v-seed422", "r3", 0.105)  # a rerun: the old result is not its
     assert ablations.paired(full, variant, {}, earlier)["per_user"] is None
+
+
+def test_diffmm_is_paired_with_a_baseline_by_seed_and_by_user(monkeypatch):
+    import per_user
+    import significance
+
+    stored = {"d421": [0.2, 0.4], "d422": [0.2, 0.2], "b421": [0.0, 0.2], "b422": [0.2, 0.0]}
+    monkeypatch.setattr(
+        per_user,
+        "values",
+        lambda run_dir, name, *a: np.array(stored[name]) if name in stored else None,
+    )
+
+    def runs(prefix, recalls):
+        return {
+            seed: {"run_dir": None, "name": f"{prefix}{seed}", "revision": "r", "recall": v}
+            for seed, v in recalls.items()
+        }
+
+    diffmm = runs("d", {421: 0.3, 422: 0.2, 423: 0.25})
+    row = significance.versus(diffmm, runs("b", {421: 0.1, 422: 0.1}))
+    assert row["seeds"] == [421, 422]  # the seeds both have
+    assert row["mean_diff"] == pytest.approx(0.15)
+    # per user, averaged over the seeds: DiffMM (0.2, 0.3) against the baseline (0.1, 0.1)
+    assert row["per_user"]["diff"] == pytest.approx(0.15) and row["per_user"]["n_users"] == 2
+    missing = significance.versus(diffmm, runs("x", {421: 0.1, 422: 0.1}))
+    assert missing["per_user"] is None and missing["mean_diff"] == pytest.approx(0.15)

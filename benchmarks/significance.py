@@ -1,0 +1,186 @@
+"""DiffMM against the tuned baselines, with confidence intervals (issue 15's README target).
+
+DiffMM's headline runs (``diffmm_tiktok.py``, the TikTok preset, seeds 421-423) are
+paired with each baseline's confirmation runs of the fair table (``fair_table.py``: the
+model's grid point chosen on validation, the same seeds), on validation-selected test
+Recall@20, two ways as in the ablations (``ablations.py``):
+
+- over seeds: DiffMM minus the baseline, seed by seed, with a t interval;
+- per user: each run scored per user on test (``diffmm report compare``'s protocol,
+  :func:`diffmm.compare.per_user_metrics`), each user's value averaged over the seeds,
+  then :func:`diffmm.compare.paired_comparison`'s bootstrap interval and sign-flip p.
+
+The per-user values come from ``results/per_user/`` (or the run directories, and are
+then stored there). The best multi-modal baseline is the one of the fair table with the highest mean
+validation Recall@20 over its seeds (test chooses nothing).
+Writes ``benchmarks/results/significance_<dataset>.{md,json}``.
+
+    python benchmarks/significance.py --dataset tiktok
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import statistics
+import sys
+from typing import Any
+
+import numpy as np
+
+import ablations
+import fair_table
+import per_user
+from common import RESULTS, git_revision, machine_info, write_atomic
+from diffmm_tiktok import HEADLINE_SEEDS, STATE
+
+#: The baselines that use item content (the rest are ID-only).
+MULTIMODAL = ("vbpr", "lightgcn_m", "lattice", "bm3", "freedom")
+
+
+def diffmm_runs() -> dict[int, dict[str, Any]]:
+    """DiffMM's headline runs by seed: run directory, stored name, revision, test R@20."""
+    records = json.loads(STATE.read_text()) if STATE.exists() else {}
+    out = {}
+    for r in records.values():
+        if r["variant"] == "DiffMM" and r["seed"] in HEADLINE_SEEDS:
+            folder = ablations.run_dir(r)
+            out[r["seed"]] = {
+                "run_dir": folder,
+                "name": folder.name,
+                "revision": r["revision"],
+                "recall": r["test"]["recall@20"],
+            }
+    return out
+
+
+def baseline_runs(
+    dataset: str, model: str, entry: dict[str, Any], revision: str
+) -> dict[int, dict[str, Any]]:
+    """A fair-table model's confirmation runs by seed, in the same form; ``revision`` is
+    the table's, for a model recorded without its own."""
+    return {
+        run["seed"]: {
+            "run_dir": fair_table.run_dir(dataset, model, entry["chosen"], run["seed"]),
+            "name": fair_table.stored_name(dataset, model, run["seed"]),
+            "revision": entry.get("revision", revision),
+            "recall": run["test"]["recall@20"],
+        }
+        for run in entry["runs"]
+    }
+
+
+def _values(run: dict[str, Any]) -> np.ndarray | None:
+    return per_user.values(run["run_dir"], run["name"], run["revision"], run["recall"])
+
+
+def versus(diffmm: dict[int, dict], baseline: dict[int, dict]) -> dict[str, Any] | None:
+    """DiffMM minus the baseline over their common seeds (see the module docstring)."""
+    from diffmm.compare import paired_comparison
+
+    seeds = sorted(set(diffmm) & set(baseline))
+    if not seeds:
+        return None
+    diffs = [diffmm[s]["recall"] - baseline[s]["recall"] for s in seeds]
+    row: dict[str, Any] = {
+        "seeds": seeds,
+        "diffmm_recall@20": [diffmm[s]["recall"] for s in seeds],
+        "baseline_recall@20": [baseline[s]["recall"] for s in seeds],
+        "mean_diff": statistics.fmean(diffs),
+        "t_ci95_over_seeds": ablations.t_interval(diffs),
+        "revisions": {
+            "diffmm": sorted({diffmm[s]["revision"] for s in seeds}),
+            "baseline": sorted({baseline[s]["revision"] for s in seeds}),
+        },
+    }
+    a = [_values(baseline[s]) for s in seeds]
+    b = [_values(diffmm[s]) for s in seeds]
+    if all(x is not None for x in a + b):
+        result = paired_comparison(np.mean(a, axis=0), np.mean(b, axis=0))
+        keys = ("diff", "ci_low", "ci_high", "p_value", "p_ttest", "n_users")
+        row["per_user"] = {k: result[k] for k in keys}
+    else:
+        row["per_user"] = None  # neither the run directories nor their values are here
+    return row
+
+
+def markdown(meta: dict[str, Any], rows: dict[str, Any]) -> str:
+    lines = [
+        f"# DiffMM against the tuned baselines on {meta['dataset']}",
+        "",
+        f"Command: `{meta['command']}`; revision `{meta['revision']}`; machine "
+        f"{meta['machine']['cpu']}, {meta['machine']['cores']} cores, {meta['machine']['date']}.",
+        "",
+        "Validation-selected test Recall@20. DiffMM: the TikTok preset "
+        "(`diffmm_tiktok.md`); each baseline: its fair-table point (`fair_table_"
+        f"{meta['dataset']}.md`). Δ is DiffMM minus the baseline: over seeds with a 95% t "
+        "interval (training noise), and per user averaged over the seeds with a 95% paired "
+        "bootstrap interval and sign-flip p (test-set noise).",
+        "",
+        "| baseline | seeds | baseline R@20 | DiffMM R@20 | Δ over seeds [95% t] "
+        "| Δ per user [95% bootstrap] | p | revisions (DiffMM / baseline) |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for model, r in rows.items():
+        label = model + (" (best multi-modal)" if model == meta["best_multimodal"] else "")
+        seeds = ", ".join(map(str, r["seeds"]))
+        over = f"{r['mean_diff']:+.4f}"
+        if r["t_ci95_over_seeds"]:
+            lo, hi = r["t_ci95_over_seeds"]
+            over += f" [{lo:+.4f}, {hi:+.4f}]"
+        pu, p = "per-user values absent", "–"
+        if r["per_user"]:
+            u = r["per_user"]
+            pu, p = (
+                f"{u['diff']:+.4f} [{u['ci_low']:+.4f}, {u['ci_high']:+.4f}]",
+                f"{u['p_value']:.3g}",
+            )
+        revisions = " / ".join(
+            ", ".join(x[:7] for x in r["revisions"][k]) for k in ("diffmm", "baseline")
+        )
+        lines.append(
+            f"| {label} | {seeds} | {statistics.fmean(r['baseline_recall@20']):.4f} | "
+            f"{statistics.fmean(r['diffmm_recall@20']):.4f} | {over} | {pu} | {p} | "
+            f"{revisions} |"
+        )
+    missing = [m for m in MULTIMODAL if m not in rows]
+    if missing:
+        lines += ["", f"Not in the fair table yet: {', '.join(missing)}."]
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--dataset", default="tiktok", choices=["tiktok"])
+    args = parser.parse_args()
+    table = RESULTS / f"fair_table_{args.dataset}.json"
+    saved = json.loads(table.read_text()) if table.exists() else {}
+    models = saved.get("models", {})
+    diffmm = diffmm_runs()
+    rows = {}
+    for model, entry in models.items():
+        row = versus(diffmm, baseline_runs(args.dataset, model, entry, saved["revision"]))
+        if row is not None:
+            rows[model] = row
+    # the best multi-modal baseline by its validation Recall@20 (test chooses nothing)
+    valid = {
+        m: statistics.fmean(r["valid"]["recall@20"] for r in e["runs"]) for m, e in models.items()
+    }
+    multimodal = [m for m in rows if m in MULTIMODAL]
+    best = max(multimodal, key=valid.__getitem__) if multimodal else None
+    meta = {
+        "dataset": args.dataset,
+        "command": "python benchmarks/significance.py " + shlex.join(sys.argv[1:]),
+        "revision": git_revision(),
+        "machine": machine_info(),
+        "best_multimodal": best,
+    }
+    stem = RESULTS / f"significance_{args.dataset}"
+    write_atomic(stem.with_suffix(".json"), json.dumps({**meta, "rows": rows}, indent=2) + "\n")
+    write_atomic(stem.with_suffix(".md"), markdown(meta, rows))
+    print(stem.with_suffix(".md").read_text())
+
+
+if __name__ == "__main__":
+    main()
