@@ -113,6 +113,16 @@ def tune(data: list[str], dataset: str, model: str, revision: str) -> dict[str, 
     }
 
 
+def grid_edges(grid: dict[str, list[str]], chosen: dict[str, str]) -> list[str]:
+    """The settings whose chosen value is the grid's smallest or largest (of 3 or more):
+    the best point may lie beyond the grid."""
+    return [
+        f"{key}={value}"
+        for key, value in chosen.items()
+        if len(grid[key]) > 2 and value in (grid[key][0], grid[key][-1])
+    ]
+
+
 def markdown(meta: dict[str, Any], results: dict[str, Any]) -> str:
     lines = [
         f"# Fair comparison on {meta['dataset']}: the same tuning budget for every model",
@@ -127,13 +137,24 @@ def markdown(meta: dict[str, Any], results: dict[str, Any]) -> str:
         "| model | grid | chosen | test recall@20 (3 seeds) | revision |",
         "|---|---|---|---|---|",
     ]
+    edges = {}
     for model, r in results.items():
         grid = "; ".join(f"`{k}` {', '.join(v)}" for k, v in r["grid"].items())
         chosen = ", ".join(f"`{k}={v}`" for k, v in r["chosen"].items())
         revision = r.get("revision", meta["revision"])[:7]
+        if found := grid_edges(r["grid"], r["chosen"]):
+            edges[model] = found
+            chosen += " †"
         lines.append(
             f"| {model} | {grid} | {chosen} | {r['mean']:.4f} ± {r['std']:.4f} | {revision} |"
         )
+    if edges:
+        where = "; ".join(f"{m}: {', '.join(f'`{e}`' for e in v)}" for m, v in edges.items())
+        lines += [
+            "",
+            f"† chosen at the edge of a grid of 3 or more values ({where}): a wider grid may "
+            "find a better point, so this model may be under-tuned.",
+        ]
     for model, r in results.items():
         lines += ["", f"## {model}: every point (seed 421)", ""]
         keys = list(r["points"][0])
@@ -149,7 +170,13 @@ def main() -> None:
     parser.add_argument("--dataset", default="tiktok")
     parser.add_argument("--models", default="mf,vbpr")
     parser.add_argument("--text", action="store_true", help="ml100k: also text features.")
+    parser.add_argument("--report-only", action="store_true", help="Rewrite the .md only.")
     args = parser.parse_args()
+    stem = RESULTS / f"fair_table_{args.dataset}"
+    if args.report_only:
+        saved = json.loads(stem.with_suffix(".json").read_text())
+        write(stem.with_suffix(".md"), markdown(saved, saved["models"]))
+        return
     if args.dataset == "ml100k":  # a table: --data names the file, features come apart
         features = ml100k_features(RUNS / "ml100k-features", text=args.text)
         inter = require_dataset("ml-100k") / "ml-100k.inter"
@@ -163,7 +190,6 @@ def main() -> None:
         "machine": machine_info(),
         "fixed": FIXED,
     }
-    stem = RESULTS / f"fair_table_{args.dataset}"
     # models tuned by an earlier command stay, each with the revision it ran at
     saved = (
         json.loads(stem.with_suffix(".json").read_text())

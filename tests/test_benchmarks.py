@@ -162,3 +162,12 @@ def test_diffmm_is_paired_with_a_baseline_by_seed_and_by_user(monkeypatch):
     assert row["per_user"]["diff"] == pytest.approx(0.15) and row["per_user"]["n_users"] == 2
     missing = significance.versus(diffmm, runs("x", {421: 0.1, 422: 0.1}))
     assert missing["per_user"] is None and missing["mean_diff"] == pytest.approx(0.15)
+
+
+def test_a_choice_at_the_edge_of_the_grid_is_flagged():
+    fair_table = pytest.importorskip("fair_table")  # needs pandas (the [dev] extra)
+
+    grid = {"train.lr": ["0.002", "0.005"], "l2_weight": ["1e-3", "1e-2", "1e-1"]}
+    assert fair_table.grid_edges(grid, {"train.lr": "0.005", "l2_weight": "1e-2"}) == []
+    edge = {"train.lr": "0.002", "l2_weight": "1e-1"}
+    assert fair_table.grid_edges(grid, edge) == ["l2_weight=1e-1"]  # 2 values: no inside
