@@ -111,6 +111,16 @@ def gemm_gflops(n: int = 2048, repeats: int = 7) -> float:
     return 2 * n**3 / statistics.median(times) / 1e9
 
 
+def provenance() -> dict[str, Any]:
+    """What every results file records: this script's command line, revision, machine."""
+    script = f"benchmarks/{Path(sys.argv[0]).name}"
+    return {
+        "command": shlex.join(["python", script, *sys.argv[1:]]),
+        "revision": git_revision(),
+        "machine": machine_info(),
+    }
+
+
 def repo_path(path: str | Path) -> str:
     """``path`` relative to the repository root (``benchmarks/runs/x``, ``../shared/data``).
 

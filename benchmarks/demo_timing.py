@@ -25,7 +25,7 @@ import sys
 import time
 from pathlib import Path
 
-from common import RESULTS, RUNS, git_revision, machine_info, repo_path, write_atomic
+from common import RESULTS, RUNS, provenance, repo_path, write_atomic
 from diffmm.demo import BUDGET
 
 TARGET_SECONDS = 120.0
@@ -85,9 +85,7 @@ def main() -> None:
     chosen = max(lrs, key=lambda r: r["valid_recall@20"])
     chosen_anchor = max(anchors, key=lambda r: r["valid_recall@20"])
     result = {
-        "command": "python benchmarks/demo_timing.py " + " ".join(sys.argv[1:]),
-        "revision": git_revision(),
-        "machine": machine_info(),
+        **provenance(),
         "budget": BUDGET,
         "demo_runs": demos,
         "median_seconds": sorted(d["seconds"] for d in demos)[len(demos) // 2],

@@ -32,9 +32,8 @@ import per_user
 from common import (
     RESULTS,
     RUNS,
-    git_revision,
-    machine_info,
     ml100k_features,
+    provenance,
     repo_path,
     require_dataset,
 )
@@ -185,9 +184,7 @@ def main() -> None:
         data = ["--data", repo_path(require_dataset(args.dataset))]
     meta = {
         "dataset": args.dataset,
-        "command": "python benchmarks/fair_table.py " + shlex.join(sys.argv[1:]),
-        "revision": git_revision(),
-        "machine": machine_info(),
+        **provenance(),
         "fixed": FIXED,
     }
     # models tuned by an earlier command stay, each with the revision it ran at

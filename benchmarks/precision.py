@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shlex
 import statistics
 import sys
 import tempfile
@@ -29,7 +28,7 @@ from typing import Any
 
 import torch
 
-from common import RESULTS, git_revision, machine_info, write_atomic
+from common import RESULTS, provenance, write_atomic
 from diffmm import precision
 from diffmm.config import RunConfig, TrainConfig
 from diffmm.data import make_synthetic
@@ -193,10 +192,8 @@ def main() -> None:
             s = runs[-1]["seconds"]
             print(f"round {round_ + 1} {setting}: epoch {s['seconds']}", flush=True)
     section = {
-        "command": shlex.join(["python", "benchmarks/precision.py", *sys.argv[1:]]),
+        **provenance(),
         "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
-        "revision": git_revision(),
-        "machine": machine_info(),
         "capability": capability,
         "gemm": gemm,
         "data": f"{args.users} users x {args.items} items, denoiser hidden {args.hidden}, "

@@ -40,7 +40,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from common import REPO, RESULTS, git_revision, machine_info, write_atomic
+from common import REPO, RESULTS, provenance, write_atomic
 
 SIZES = ("10000x5000", "50000x20000", "200000x50000", "1000000x100000")
 PER_USER = 10
@@ -363,9 +363,7 @@ def main() -> None:
         write_atomic(RESULTS / "scale.md", markdown(saved, saved["rows"]))
         return
     meta = {
-        "command": "python benchmarks/scale.py " + shlex.join(sys.argv[1:]),
-        "revision": git_revision(),
-        "machine": machine_info(),
+        **provenance(),
         "load_before": os.getloadavg()[0],
     }
     out = RESULTS / "scale.json"

@@ -44,8 +44,7 @@ from common import (
     REPO,
     RESULTS,
     RUNS,
-    git_revision,
-    machine_info,
+    provenance,
     repo_path,
     require_dataset,
     run_training,
@@ -314,11 +313,9 @@ def main() -> None:
     config = json.loads((run_dir / "config.json").read_text())
     dataset = json.loads((run_dir / "dataset.json").read_text())["fingerprint"]
     report = {
-        "command": shlex.join(["python", "benchmarks/serve_load.py", *sys.argv[1:]]),
+        **provenance(),
         "serve_command": shlex.join(serve_cmd),
         "train_command": train_cmd,
-        "revision": git_revision(),
-        "machine": machine_info(),
         "load_average": os.getloadavg(),
         "model": config["model"],
         "dataset": {k: dataset[k] for k in ("name", "n_users", "n_items")},

@@ -22,9 +22,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import shlex
 import statistics
-import sys
 from typing import Any
 
 import numpy as np
@@ -32,7 +30,7 @@ import numpy as np
 import ablations
 import fair_table
 import per_user
-from common import RESULTS, git_revision, machine_info, write_atomic
+from common import RESULTS, provenance, write_atomic
 from diffmm_tiktok import HEADLINE_SEEDS, STATE
 
 #: The baselines that use item content (the rest are ID-only).
@@ -171,9 +169,7 @@ def main() -> None:
     best = max(multimodal, key=valid.__getitem__) if multimodal else None
     meta = {
         "dataset": args.dataset,
-        "command": "python benchmarks/significance.py " + shlex.join(sys.argv[1:]),
-        "revision": git_revision(),
-        "machine": machine_info(),
+        **provenance(),
         "best_multimodal": best,
     }
     stem = RESULTS / f"significance_{args.dataset}"

@@ -15,12 +15,11 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shlex
 import subprocess
 import sys
 from typing import Any
 
-from common import RESULTS, git_revision, machine_info, write_atomic
+from common import RESULTS, provenance, write_atomic
 
 SIZES = ("50000x20000", "200000x50000", "1000000x100000")
 
@@ -100,10 +99,8 @@ def main() -> None:
         results.append(build(n_users, n_items, args.per_user))
         print(json.dumps(results[-1]), flush=True)
     meta = {
-        "command": shlex.join(["python", "benchmarks/synthetic_scale.py", *sys.argv[1:]]),
+        **provenance(),
         "omp_num_threads": os.environ.get("OMP_NUM_THREADS", "1"),
-        "revision": git_revision(),
-        "machine": machine_info(),
         "load_before": load_before,
         "load_after": os.getloadavg()[0],
     }

@@ -171,3 +171,10 @@ def test_a_choice_at_the_edge_of_the_grid_is_flagged():
     assert fair_table.grid_edges(grid, {"train.lr": "0.005", "l2_weight": "1e-2"}) == []
     edge = {"train.lr": "0.002", "l2_weight": "1e-1"}
     assert fair_table.grid_edges(grid, edge) == ["l2_weight=1e-1"]  # 2 values: no inside
+
+
+def test_results_name_the_command_that_made_them(monkeypatch):
+    monkeypatch.setattr(sys, "argv", [str(BENCHMARKS / "scale.py"), "--sizes", "10x5"])
+    meta = common.provenance()
+    assert meta["command"] == "python benchmarks/scale.py --sizes 10x5"  # repo-relative
+    assert meta["revision"] and meta["machine"]["cores"] >= 1
