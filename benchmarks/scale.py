@@ -21,6 +21,10 @@ The 1-vs-2-process rows run ``diffmm train`` itself for one epoch, with and with
 ``torchrun --nproc-per-node 2`` (gloo), on the same data and seed, and record the
 seconds of that epoch from ``log.jsonl`` and the validation metrics of both runs.
 
+With ``--epoch-size 1000000x100000`` the script also trains one whole epoch of ``diffmm
+train`` at that size with ``--epoch-options`` (default ``linear``, the ``large`` preset's
+options): a row with nothing extrapolated, its peak RSS the run's own.
+
     python benchmarks/scale.py                          # every size, options off and on
     python benchmarks/scale.py --sizes 10000x5000 --options on --processes-size ''
 """
@@ -212,54 +216,60 @@ def measure(size: str, options: str, budget: int) -> dict[str, Any]:
     return row
 
 
-def processes_rows(size: str, seed: int = 421) -> list[dict[str, Any]]:
-    """One epoch of ``diffmm train`` in 1 process and in 2 (torchrun, gloo)."""
+def train_epoch(size: str, processes: int, options: str = "off", seed: int = 421) -> dict[str, Any]:
+    """One whole epoch of ``diffmm train`` on synthetic data of ``size``, in one process
+    or in ``processes`` (torchrun, gloo, one thread each); nothing extrapolated."""
     n_users, n_items = (int(x) for x in size.split("x"))
     spec = f"synthetic:n_users={n_users},n_items={n_items},interactions_per_user={PER_USER}"
     bin_dir = Path(sys.executable).parent
-    rows = []
-    for processes in (1, 2):
-        with tempfile.TemporaryDirectory() as tmp:
-            out = Path(tmp) / "run"
-            train = ["train", "--model", "diffmm", "--data", spec, "--out", str(out)]
-            sets = ["train.epochs=1", f"train.seed={seed}", "train.progress=false"]
-            args = [*train, *(x for s in sets for x in ("--set", s))]
-            if processes == 1:
-                cmd = [str(bin_dir / "diffmm"), *args]
-                env = {**os.environ, "OMP_NUM_THREADS": "2"}
-            else:
-                torchrun = [str(bin_dir / "torchrun"), "--nproc-per-node", "2"]
-                cmd = [*torchrun, "-m", "diffmm", *args]
-                env = {**os.environ, "OMP_NUM_THREADS": "1"}  # one core each
-            start = time.perf_counter()
-            subprocess.run(cmd, check=True, capture_output=True, env=env, cwd=REPO)
-            wall = time.perf_counter() - start
-            (record,) = [json.loads(x) for x in (out / "log.jsonl").read_text().splitlines()]
-            rows.append(
-                {
-                    "users": n_users,
-                    "items": n_items,
-                    "interactions": None,
-                    "processes": processes,
-                    "options": [],
-                    "option_set": "off",
-                    "command": shlex.join(cmd)
-                    .replace(str(out), "RUN")
-                    .replace(f"{bin_dir}/", ""),  # as typed in an activated venv
-                    "seconds_per_epoch": record["seconds"],
-                    "seconds_per_phase": {
-                        k.removeprefix("seconds_"): v
-                        for k, v in record.items()
-                        if k.startswith("seconds_")
-                    },
-                    "wall_seconds": wall,
-                    "valid": record["valid"],
-                    "extrapolated": False,
-                    "peak_rss_mb": None,
-                    "denoiser_parameters": None,
-                }
-            )
-    return rows
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "run"
+        train = ["train", "--model", "diffmm", "--data", spec, "--out", str(out)]
+        sets = ["train.epochs=1", f"train.seed={seed}", "train.progress=false"]
+        sets += OPTIONS[options]
+        args = [*train, *(x for s in sets for x in ("--set", s))]
+        if processes == 1:
+            cmd = [str(bin_dir / "diffmm"), *args]
+            threads = os.environ.get("OMP_NUM_THREADS", "2")
+        else:
+            torchrun = [str(bin_dir / "torchrun"), "--nproc-per-node", str(processes)]
+            cmd = [*torchrun, "-m", "diffmm", *args]
+            threads = "1"  # one core each
+        start = time.perf_counter()
+        env = {**os.environ, "OMP_NUM_THREADS": threads}
+        subprocess.run(cmd, check=True, capture_output=True, env=env, cwd=REPO)
+        wall = time.perf_counter() - start
+        (record,) = [json.loads(x) for x in (out / "log.jsonl").read_text().splitlines()]
+        summary = json.loads((out / "summary.json").read_text())
+        splits = json.loads((out / "dataset.json").read_text())["fingerprint"]["splits"]
+        return {
+            "users": n_users,
+            "items": n_items,
+            "interactions": sum(split["nnz"] for split in splits.values()),
+            "processes": processes,
+            "options": OPTIONS[options],
+            "option_set": options,
+            "whole_epoch": True,
+            "command": shlex.join(cmd)
+            .replace(str(out), "RUN")
+            .replace(f"{bin_dir}/", ""),  # as typed in an activated venv
+            "seconds_per_epoch": record["seconds"],
+            "seconds_per_phase": {  # the epoch's phases, and those of its begin_epoch
+                k.removeprefix("seconds_"): v
+                for k, v in {**record, **(record.get("begin_epoch") or {})}.items()
+                if k.startswith("seconds_")
+            },
+            "wall_seconds": wall,
+            "valid": record["valid"],
+            "extrapolated": False,
+            "peak_rss_mb": summary.get("peak_rss_mb") if processes == 1 else None,
+            "denoiser_parameters": None,
+        }
+
+
+def processes_rows(size: str, seed: int = 421) -> list[dict[str, Any]]:
+    """One epoch of ``diffmm train`` in 1 process and in 2 (torchrun, gloo)."""
+    return [train_epoch(size, processes, seed=seed) for processes in (1, 2)]
 
 
 def markdown(meta: dict[str, Any], rows: list[dict[str, Any]]) -> str:
@@ -296,15 +306,16 @@ def markdown(meta: dict[str, Any], rows: list[dict[str, Any]]) -> str:
         keys = ("diffusion", "graphs", "train", "eval") if "train" in p else PHASES
         cells = [f"{p[k]:.1f}" if k in p else "–" for k in keys]
         extrapolated = f"yes ({r.get('budget_batches')})" if r["extrapolated"] else "no"
+        option_set = r.get("option_set", "") + (", whole epoch" if r.get("whole_epoch") else "")
         lines.append(
             f"| {r['users']:,} | {r['items']:,} | {r['interactions'] or 0:,} | "
-            f"{r['processes']} | {r.get('option_set', '')} | {r['seconds_per_epoch']:.1f} | "
+            f"{r['processes']} | {option_set} | {r['seconds_per_epoch']:.1f} | "
             + " | ".join(cells)
             + f" | {extrapolated} | {r['peak_rss_mb'] or 0:.0f} | "
             f"{r['denoiser_parameters'] or 0:,} | {tail}"
         )
     lines += growth_lines(rows)
-    proc = [r for r in rows if "valid" in r]
+    proc = [r for r in rows if "valid" in r and r.get("option_set") == "off"]
     if len(proc) == 2:
         one, two = sorted(proc, key=lambda r: r["processes"])
         lines += [
@@ -327,7 +338,10 @@ def growth_lines(rows: list[dict[str, Any]], small=(50_000, 20_000), large=(200_
         pair = {
             (r["users"], r["items"]): r
             for r in rows
-            if r.get("option_set") == option_set and r["processes"] == 1 and "failed" not in r
+            if r.get("option_set") == option_set
+            and r["processes"] == 1
+            and "failed" not in r
+            and not r.get("whole_epoch")  # the growth compares the per-part measurements
         }
         if small not in pair or large not in pair or not pair[small]["interactions"]:
             continue
@@ -352,6 +366,13 @@ def main() -> None:
     parser.add_argument("--options", default="off,on", help="Option sets: off, on, linear.")
     parser.add_argument("--budget", type=int, default=8, help="Batches per part at most.")
     parser.add_argument("--processes-size", default="10000x5000", help="'' to skip.")
+    parser.add_argument(
+        "--epoch-size",
+        default="",
+        metavar="USERSxITEMS",
+        help="Also train one whole epoch at this size with --epoch-options (diffmm train).",
+    )
+    parser.add_argument("--epoch-options", default="linear", help="Option set of --epoch-size.")
     parser.add_argument("--report-only", action="store_true", help="Rewrite scale.md.")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -371,10 +392,16 @@ def main() -> None:
     stamp = {"revision": meta["revision"], "date": meta["machine"]["date"]}
 
     def keep(row: dict[str, Any]) -> None:  # replaces an earlier row of the same setting
-        key = (row["users"], row["items"], row["processes"], row.get("option_set"))
-        rows[:] = [
-            r for r in rows if (r["users"], r["items"], r["processes"], r.get("option_set")) != key
-        ]
+        def key(r: dict[str, Any]) -> tuple:
+            return (
+                r["users"],
+                r["items"],
+                r["processes"],
+                r.get("option_set"),
+                r.get("whole_epoch"),
+            )
+
+        rows[:] = [r for r in rows if key(r) != key(row)]
         rows.append({**row, **stamp, "load_average": os.getloadavg()[0]})
         rows.sort(key=lambda r: (r["users"], r["processes"], r.get("option_set", "")))
         write_atomic(out, json.dumps({**meta, "rows": rows}, indent=2) + "\n")
@@ -387,6 +414,8 @@ def main() -> None:
             print(json.dumps(row), flush=True)
     for row in processes_rows(args.processes_size) if args.processes_size else []:
         keep(row)
+    if args.epoch_size:
+        keep(train_epoch(args.epoch_size, 1, args.epoch_options))
     write_atomic(RESULTS / "scale.md", markdown(meta, rows))
     print((RESULTS / "scale.md").read_text())
 
