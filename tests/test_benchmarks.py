@@ -171,6 +171,11 @@ def test_a_choice_at_the_edge_of_the_grid_is_flagged():
     assert fair_table.grid_edges(grid, {"train.lr": "0.005", "l2_weight": "1e-2"}) == []
     edge = {"train.lr": "0.002", "l2_weight": "1e-1"}
     assert fair_table.grid_edges(grid, edge) == ["l2_weight=1e-1"]  # 2 values: no inside
+    # one geometric step past the edge the choice lies on; nothing where it is inside
+    assert fair_table.extended(grid, edge)["l2_weight"] == ["1e-3", "1e-2", "1e-1", "1"]
+    low = fair_table.extended(grid, {"train.lr": "0.005", "l2_weight": "1e-3"})
+    assert low == {"train.lr": grid["train.lr"], "l2_weight": ["0.0001", "1e-3", "1e-2", "1e-1"]}
+    assert fair_table.extended(grid, {"train.lr": "0.005", "l2_weight": "1e-2"}) is None
 
 
 def test_results_name_the_command_that_made_them(monkeypatch):
