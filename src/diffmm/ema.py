@@ -13,7 +13,7 @@ serving use the averaged parameters; training goes on with the raw ones.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 
 import torch
 from torch import Tensor, nn
@@ -62,3 +62,8 @@ class ParameterAverage:
             raise ValueError(f"expected {len(self.shadow)} averaged tensors, got {len(state)}")
         for s, saved in zip(self.shadow, state, strict=True):
             s.copy_(saved)
+
+
+def averaged(average: ParameterAverage | None) -> AbstractContextManager[None]:
+    """The averaged parameters in the model for a block; nothing to do without an average."""
+    return average.swapped() if average is not None else nullcontext()

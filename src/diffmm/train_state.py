@@ -9,6 +9,7 @@ described in :mod:`diffmm.checkpoint`.
 
 from __future__ import annotations
 
+import copy
 from dataclasses import asdict
 from typing import TYPE_CHECKING, Any
 
@@ -18,7 +19,7 @@ import torch
 from diffmm import checkpoint as ckpt
 from diffmm import distributed
 from diffmm.checkpoint import RunDir
-from diffmm.ema import ParameterAverage
+from diffmm.ema import ParameterAverage, averaged
 from diffmm.errors import DataError
 from diffmm.models.base import Recommender
 from diffmm.selection import Selection
@@ -96,6 +97,50 @@ def save_best(
             "model": model_state,
         },
     )
+
+
+class SelectedModel:
+    """The selected (best-validation) model: ``best.pt`` in the run directory, or a copy
+    in memory without one. :meth:`keep` stores the model as it is after an epoch that
+    improved (its parameter average, with ``train.ema_decay``); :meth:`restore` puts the
+    selected model back at the end of training."""
+
+    def __init__(
+        self,
+        run: RunDir | None,
+        model: Recommender,
+        metric: str,
+        selection: Selection,
+        ema: ParameterAverage | None,
+    ) -> None:
+        self.run, self.model, self.metric = run, model, metric
+        self.selection, self.ema = selection, ema
+        self._in_memory: dict[str, Any] | None = None
+
+    def keep(self, epoch: int) -> None:
+        with averaged(self.ema):
+            if self.run is None:
+                self._in_memory = copy.deepcopy(self.model.state_dict())
+            else:
+                save_best(self.run, epoch, self.metric, self.selection, self.model.state_dict())
+
+    def restore(self, epochs_run: int, has_valid: bool) -> tuple[int, str]:
+        """Load the selected model (or keep the last epoch's, already averaged if there is
+        an average, and save it as ``best.pt``); returns ``(epoch, why)``."""
+        best_epoch, run = self.selection.best_epoch, self.run
+        if not has_valid or not best_epoch:
+            if run is not None:
+                save_best(run, epochs_run, self.metric, self.selection, self.model.state_dict())
+            if not has_valid:
+                return epochs_run, "last epoch (no validation interactions)"
+            return epochs_run, f"last epoch (valid {self.metric} was never finite)"
+        if run is not None:
+            best_state = run.load(ckpt.BEST, map_location=self.model.device)
+            self.model.load_state_dict(best_state["model"])
+            del best_state
+        elif self._in_memory is not None:
+            self.model.load_state_dict(self._in_memory)
+        return best_epoch, f"best valid {self.metric}"
 
 
 def load_last(

@@ -26,21 +26,20 @@ alone writing (:mod:`diffmm.distributed`); one process trains exactly as without
 
 from __future__ import annotations
 
-import copy
 import time
-from contextlib import AbstractContextManager, ExitStack, nullcontext
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any, NoReturn
 
 import numpy as np
 import torch
 
-from diffmm import checkpoint as ckpt
 from diffmm import distributed, divergence, logs, tensorboard_log, train_state
 from diffmm import precision as matmul_precision
 from diffmm.checkpoint import DataRef, RunDir
 from diffmm.config import RunConfig, TrainConfig
 from diffmm.data.dataset import Dataset
+from diffmm.ema import averaged
 from diffmm.epoch_log import Reporter, has_epoch_work, metrics_text
 from diffmm.errors import ConfigError
 from diffmm.evaluate import METRICS, evaluate, sample_users
@@ -218,8 +217,9 @@ class Trainer:
             self.report,
         )
         self.loss_fn = distributed.loss_function(self.model)
-        # Without a run directory the best state is kept in memory instead of best.pt.
-        self._best_in_memory: dict[str, Any] | None = None
+        self.selected = train_state.SelectedModel(
+            self.run, self.model, cfg.metric, self.selection, self.ema
+        )
         return done
 
     def _run_epoch(self, epoch: int) -> None:
@@ -277,7 +277,7 @@ class Trainer:
         model.eval()
         valid: dict[str, Any] = {}
         test: dict[str, Any] = {}
-        with torch.no_grad(), self._averaged():
+        with torch.no_grad(), averaged(self.ema):
             emb = model.embeddings()
             if self.has_valid:
                 valid = self._evaluate("valid", emb)
@@ -293,8 +293,7 @@ class Trainer:
         """``last.pt``, ``best.pt`` if improved, and the log line; in memory without a run."""
         if self.run is None:
             if improved:
-                with self._averaged():
-                    self._best_in_memory = copy.deepcopy(self.model.state_dict())
+                self.selected.keep(epoch)
             return
         # last.pt first: if the run dies before best.pt is replaced, resuming finds the
         # best state in last.pt (see train_state.load_last).
@@ -303,8 +302,7 @@ class Trainer:
             self.run, epoch, self.model, self.optimizer, self.rng, self.selection, self.ema
         )
         if improved:
-            with self._averaged():
-                self._save_best(epoch)
+            self.selected.keep(epoch)
         record["seconds_checkpoint"] = self._now() - start
         self.run.append_log(to_json(record, indent=None))
 
@@ -313,7 +311,7 @@ class Trainer:
         cfg, model, sel = self.config, self.model, self.selection
         if self.ema is not None:  # the last epoch, if it is the one kept, is its average
             self.ema.copy_to_model()
-        best_epoch, selected_by = self._restore_selected(epochs_run)
+        best_epoch, selected_by = self.selected.restore(epochs_run, self.has_valid)
         distributed.broadcast_state(model)  # rank 0 restored best.pt
         model.eval()
         with torch.no_grad():
@@ -341,32 +339,6 @@ class Trainer:
             )
         )
         return summary
-
-    def _averaged(self) -> AbstractContextManager[None]:
-        """The averaged parameters in the model for a block (``train.ema_decay``)."""
-        return self.ema.swapped() if self.ema is not None else nullcontext()
-
-    def _save_best(self, epoch: int) -> None:
-        assert self.run is not None
-        state = self.model.state_dict()
-        train_state.save_best(self.run, epoch, self.config.metric, self.selection, state)
-
-    def _restore_selected(self, epochs_run: int) -> tuple[int, str]:
-        """Load the best validation state (or keep the last epoch's); ``(epoch, why)``."""
-        metric, best_epoch = self.config.metric, self.selection.best_epoch
-        if not self.has_valid or not best_epoch:
-            if self.run is not None:
-                self._save_best(epochs_run)
-            if not self.has_valid:
-                return epochs_run, "last epoch (no validation interactions)"
-            return epochs_run, f"last epoch (valid {metric} was never finite)"
-        if self.run is not None:
-            best_state = self.run.load(ckpt.BEST, map_location=self.device)
-            self.model.load_state_dict(best_state["model"])
-            del best_state
-        elif self._best_in_memory is not None:
-            self.model.load_state_dict(self._best_in_memory)
-        return best_epoch, f"best valid {metric}"
 
 
 def train(
