@@ -186,6 +186,10 @@ def markdown(meta: dict[str, Any], results: dict[str, Any]) -> str:
             f"† chosen at the edge of a grid of 3 or more values ({where}): a wider grid may "
             "find a better point, so this model may be under-tuned.",
         ]
+    commands = [f"- {m}: `{r['command']}`" for m, r in results.items() if r.get("command")]
+    if commands:
+        lines += ["", "Commands (the others: the last command above, or earlier ones):", ""]
+        lines += commands
     for model, r in results.items():
         lines += ["", f"## {model}: every point (seed 421)", ""]
         keys = list(r["points"][0])
@@ -228,7 +232,7 @@ def main() -> None:
     results = {m: {"revision": saved["revision"], **r} for m, r in saved.get("models", {}).items()}
     for model in args.models.split(","):
         tuned = tune(data, args.dataset, model, meta["revision"])
-        results[model] = {**tuned, "revision": meta["revision"]}
+        results[model] = {**tuned, "revision": meta["revision"], "command": meta["command"]}
     write(stem.with_suffix(".json"), json.dumps({**meta, "models": results}, indent=2) + "\n")
     write(stem.with_suffix(".md"), markdown(meta, results))
     print(stem.with_suffix(".md").read_text())
