@@ -307,12 +307,16 @@ def markdown(meta: dict[str, Any], rows: list[dict[str, Any]]) -> str:
         cells = [f"{p[k]:.1f}" if k in p else "–" for k in keys]
         extrapolated = f"yes ({r.get('budget_batches')})" if r["extrapolated"] else "no"
         option_set = r.get("option_set", "") + (", whole epoch" if r.get("whole_epoch") else "")
+
+        def known(value: float | None, spec: str) -> str:  # not recorded: "–", not 0
+            return format(value, spec) if value else "–"
+
         lines.append(
-            f"| {r['users']:,} | {r['items']:,} | {r['interactions'] or 0:,} | "
+            f"| {r['users']:,} | {r['items']:,} | {known(r['interactions'], ',')} | "
             f"{r['processes']} | {option_set} | {r['seconds_per_epoch']:.1f} | "
             + " | ".join(cells)
-            + f" | {extrapolated} | {r['peak_rss_mb'] or 0:.0f} | "
-            f"{r['denoiser_parameters'] or 0:,} | {tail}"
+            + f" | {extrapolated} | {known(r['peak_rss_mb'], '.0f')} | "
+            f"{known(r['denoiser_parameters'], ',')} | {tail}"
         )
     lines += growth_lines(rows)
     proc = [r for r in rows if "valid" in r and r.get("option_set") == "off"]
