@@ -63,8 +63,9 @@ def paired(
     earlier: dict[str, Any] | None = None,
 ) -> dict[str, Any] | None:
     """The variant minus the full model, over their common seeds. ``earlier`` is this
-    comparison as last reported: its per-user part is kept, marked, when the same runs
-    are paired again but their per-user values are not on this machine."""
+    comparison as last reported: its per-user part is kept, marked, when the same results
+    are paired again (the same seeds and per-seed differences) but their per-user values
+    are not on this machine."""
     from diffmm.compare import paired_comparison
 
     seeds = sorted(set(full) & set(variant))
@@ -87,7 +88,8 @@ def paired(
     elif (
         earlier
         and earlier.get("per_user")
-        and all(earlier.get(k) == out[k] for k in ("seeds", "full_revision", "diff_per_seed"))
+        # the same results, e.g. a run that a later revision reproduced bit for bit
+        and all(earlier.get(k) == out[k] for k in ("seeds", "diff_per_seed"))
     ):
         out["per_user"] = {**earlier["per_user"], "from_earlier_report": True}
     else:

@@ -133,6 +133,8 @@ def test_a_comparison_keeps_its_earlier_per_user_result_only_for_the_same_runs()
     earlier = {**fresh, "per_user": {"diff": 0.005, "ci_low": -0.001, "ci_high": 0.01}}
     kept = ablations.paired(full, variant, {}, earlier)["per_user"]
     assert kept["diff"] == 0.005 and kept["from_earlier_report"]
+    full[421] = _record("f-seed421", "r9", 0.10)  # reproduced exactly at a later revision
+    assert ablations.paired(full, variant, {}, earlier)["per_user"]["diff"] == 0.005
     variant[422] = _record("v-seed422", "r3", 0.105)  # a rerun: the old result is not its
     assert ablations.paired(full, variant, {}, earlier)["per_user"] is None
 
