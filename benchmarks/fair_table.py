@@ -84,18 +84,23 @@ def stored_name(dataset: str, model: str, seed: int) -> str:
     return f"fair-{dataset}-{model}-seed{seed}"
 
 
+def _edge(values: list[str], value: str) -> int | None:
+    """0 or -1 when ``value`` is the first or last of 3 or more ``values``, else None."""
+    if len(values) < 3 or value not in (values[0], values[-1]):
+        return None
+    return 0 if value == values[0] else -1
+
+
 def extended(grid: dict[str, list[str]], chosen: dict[str, str]) -> dict[str, list[str]] | None:
     """``grid`` with one more value past each edge (:func:`grid_edges`) that ``chosen``
     lies on, a geometric step as between the two values at that end; None if none."""
     wider = {key: list(values) for key, values in grid.items()}
     for key, value in chosen.items():
-        values, numbers = grid[key], [float(v) for v in grid[key]]
-        if len(values) < 3:
+        end = _edge(grid[key], value)
+        if end is None:
             continue
-        if value == values[-1]:
-            wider[key].append(f"{numbers[-1] ** 2 / numbers[-2]:g}")
-        elif value == values[0]:
-            wider[key].insert(0, f"{numbers[0] ** 2 / numbers[1]:g}")
+        outer, inner = float(grid[key][end]), float(grid[key][1 if end == 0 else -2])
+        wider[key].insert(len(wider[key]) if end else 0, f"{outer**2 / inner:g}")
     return wider if wider != grid else None
 
 
@@ -143,11 +148,7 @@ def tune(data: list[str], dataset: str, model: str, revision: str) -> dict[str, 
 def grid_edges(grid: dict[str, list[str]], chosen: dict[str, str]) -> list[str]:
     """The settings whose chosen value is the grid's smallest or largest (of 3 or more):
     the best point may lie beyond the grid."""
-    return [
-        f"{key}={value}"
-        for key, value in chosen.items()
-        if len(grid[key]) > 2 and value in (grid[key][0], grid[key][-1])
-    ]
+    return [f"{k}={v}" for k, v in chosen.items() if _edge(grid[k], v) is not None]
 
 
 def markdown(meta: dict[str, Any], results: dict[str, Any]) -> str:
