@@ -56,6 +56,20 @@ def t_interval(diffs: list[float], confidence: float = 0.95) -> list[float] | No
     return [mean - half, mean + half]
 
 
+def per_user_difference(
+    a: list[np.ndarray | None], b: list[np.ndarray | None]
+) -> dict[str, Any] | None:
+    """``b - a`` per user, each side's values averaged over its runs (one per seed):
+    :func:`diffmm.compare.paired_comparison`'s interval and p; None if any run's
+    per-user values are missing."""
+    from diffmm.compare import paired_comparison
+
+    if any(x is None for x in a + b):
+        return None
+    result = paired_comparison(np.mean(a, axis=0), np.mean(b, axis=0))
+    return {k: result[k] for k in ("diff", "ci_low", "ci_high", "p_value", "p_ttest", "n_users")}
+
+
 def paired(
     full: dict[int, dict[str, Any]],
     variant: dict[int, dict[str, Any]],
@@ -66,8 +80,6 @@ def paired(
     comparison as last reported: its per-user part is kept, marked, when the same results
     are paired again (the same seeds and per-seed differences) but their per-user values
     are not on this machine."""
-    from diffmm.compare import paired_comparison
-
     seeds = sorted(set(full) & set(variant))
     if not seeds:
         return None
@@ -79,21 +91,16 @@ def paired(
         "mean_diff": statistics.fmean(diffs),
         "t_ci95_over_seeds": t_interval(diffs),
     }
-    a = [_per_user(full[s], cache) for s in seeds]
-    b = [_per_user(variant[s], cache) for s in seeds]
-    if all(x is not None for x in a + b):
-        result = paired_comparison(np.mean(a, axis=0), np.mean(b, axis=0))
-        out["per_user"] = {k: result[k] for k in ("diff", "ci_low", "ci_high", "p_value")}
-        out["per_user"]["n_users"] = result["n_users"]
-    elif (
+    out["per_user"] = per_user_difference(
+        [_per_user(full[s], cache) for s in seeds], [_per_user(variant[s], cache) for s in seeds]
+    )
+    if out["per_user"] is None and (
         earlier
         and earlier.get("per_user")
         # the same results, e.g. a run that a later revision reproduced bit for bit
         and all(earlier.get(k) == out[k] for k in ("seeds", "diff_per_seed"))
     ):
         out["per_user"] = {**earlier["per_user"], "from_earlier_report": True}
-    else:
-        out["per_user"] = None  # neither the run directories nor their values are here
     return out
 
 

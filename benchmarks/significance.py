@@ -75,8 +75,6 @@ def _values(run: dict[str, Any]) -> np.ndarray | None:
 
 def versus(diffmm: dict[int, dict], baseline: dict[int, dict]) -> dict[str, Any] | None:
     """DiffMM minus the baseline over their common seeds (see the module docstring)."""
-    from diffmm.compare import paired_comparison
-
     seeds = sorted(set(diffmm) & set(baseline))
     if not seeds:
         return None
@@ -92,14 +90,9 @@ def versus(diffmm: dict[int, dict], baseline: dict[int, dict]) -> dict[str, Any]
             "baseline": sorted({baseline[s]["revision"] for s in seeds}),
         },
     }
-    a = [_values(baseline[s]) for s in seeds]
-    b = [_values(diffmm[s]) for s in seeds]
-    if all(x is not None for x in a + b):
-        result = paired_comparison(np.mean(a, axis=0), np.mean(b, axis=0))
-        keys = ("diff", "ci_low", "ci_high", "p_value", "p_ttest", "n_users")
-        row["per_user"] = {k: result[k] for k in keys}
-    else:
-        row["per_user"] = None  # neither the run directories nor their values are here
+    row["per_user"] = ablations.per_user_difference(  # None: the values are not here
+        [_values(baseline[s]) for s in seeds], [_values(diffmm[s]) for s in seeds]
+    )
     return row
 
 
