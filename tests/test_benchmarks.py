@@ -180,6 +180,18 @@ def test_a_choice_at_the_edge_of_the_grid_is_flagged():
     assert fair_table.extended(grid, {"train.lr": "0.005", "l2_weight": "1e-2"}) is None
 
 
+def test_every_model_gets_as_many_grid_points_and_diffmm_its_own_l2_units():
+    fair_table = pytest.importorskip("fair_table")
+
+    assert fair_table.decades(1e-5) == ["1e-06", "1e-05", "0.0001"]  # as the sweep names them
+    sizes = {m: [len(v) for v in g.values()] for m, g in fair_table.GRIDS.items()}
+    assert set(map(tuple, sizes.values())) == {(2, 3)}
+    # DiffMM's whole-table L2 is searched around its own paper default, the rest share one
+    default = fair_table.DiffMMConfig.model_fields["l2_weight"].default
+    assert fair_table.GRIDS["diffmm"]["l2_weight"][1] == f"{default:g}"
+    assert fair_table.GRIDS["mf"] == fair_table.GRIDS["freedom"] == fair_table.LR_L2
+
+
 def test_results_name_the_command_that_made_them(monkeypatch):
     monkeypatch.setattr(sys, "argv", [str(BENCHMARKS / "scale.py"), "--sizes", "10x5"])
     meta = common.provenance()
