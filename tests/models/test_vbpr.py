@@ -7,7 +7,6 @@ import dataclasses
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
 
 from diffmm.data.synthetic import make_synthetic
 from diffmm.evaluate import evaluate
@@ -55,9 +54,8 @@ def test_scores_follow_the_paper_predictor(data):
     with torch.no_grad():  # give the biases non-zero values to check them too
         model.item_bias.weight.normal_()
         model.feature_bias.weight.normal_()
-    # f_i concatenates the modalities in the dataset's order, each row scaled to unit norm
-    blocks = [torch.from_numpy(data.features[m]) for m in data.modalities]
-    f = torch.cat([F.normalize(b, dim=1) for b in blocks], 1)
+    # f_i concatenates the modalities in the dataset's order
+    f = torch.from_numpy(np.concatenate([data.features[m] for m in data.modalities], 1))
     torch.testing.assert_close(model.features, f)
     gamma_u, theta_u = model.user_gamma.weight, model.user_theta.weight
     gamma_i, beta_i = model.item_gamma.weight, model.item_bias.weight[:, 0]
@@ -66,23 +64,6 @@ def test_scores_follow_the_paper_predictor(data):
     expected = gamma_u @ gamma_i.T + theta_u @ (f @ e.T).T + (beta_i + f @ beta_prime)[None, :]
     users = torch.arange(data.n_users)
     torch.testing.assert_close(model.scores(users), expected, rtol=1e-4, atol=1e-5)
-
-
-def test_each_modality_is_scaled_to_unit_rows_unless_raw_features_are_asked_for(data):
-    loud = dict(data.features)
-    first = data.modalities[0]
-    loud[first] = 33 * loud[first]
-    loud[first][0] = 0  # an item without this feature keeps a zero row
-    dataset = dataclasses.replace(data, features=loud)
-    widths = [loud[m].shape[1] for m in data.modalities]
-    blocks = VBPR(Config(), dataset).features.split(widths, 1)
-    norms = torch.stack([b.norm(dim=1) for b in blocks])
-    assert norms[0, 0] == 0
-    torch.testing.assert_close(norms[0, 1:], torch.ones(data.n_items - 1))
-    torch.testing.assert_close(norms[1:], torch.ones_like(norms[1:]))
-    raw = VBPR(Config(normalise_features=False), dataset).features
-    expected = np.concatenate([loud[m] for m in data.modalities], 1)
-    torch.testing.assert_close(raw, torch.from_numpy(expected))
 
 
 def test_loss_terms(data):

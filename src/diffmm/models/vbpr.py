@@ -18,15 +18,10 @@ BPR difference ``x_ui - x_uj`` and in every user's ranking; they are left out.
 
 ``f_i`` is the concatenation of all the dataset's feature matrices, in the order of
 :attr:`Dataset.modalities` (as in MMRec's VBPR, which applies the paper's visual model to
-every modality at once). With ``normalise_features`` (the default) each modality's rows are
-scaled to unit L2 norm first, so that no modality outweighs another by the scale of its
-features alone (TikTok's image rows have norm about 33, its audio rows about 4.6); the
-paper, with one modality, uses the raw CNN features.
-
-``embedding_dim`` is the total ``K + K'``, split equally (``K' = embedding_dim // 2``,
-``K = embedding_dim - K'``), so that VBPR has as many user factors as MF or LightGCN of
-the same ``embedding_dim``; the paper likewise compares methods at a fixed total number
-of factors. (MMRec instead gives ``gamma`` and ``theta``
+every modality at once). ``embedding_dim`` is the total ``K + K'``, split equally
+(``K' = embedding_dim // 2``, ``K = embedding_dim - K'``), so that VBPR has as many user
+factors as MF or LightGCN of the same ``embedding_dim``; the paper likewise compares
+methods at a fixed total number of factors. (MMRec instead gives ``gamma`` and ``theta``
 ``embedding_size`` dimensions each.)
 
 Scores are dot products of
@@ -48,12 +43,11 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from pydantic import Field
 from torch import Tensor, nn
 
 from diffmm.data.dataset import Dataset
-from diffmm.models.base import MAX_WIDTH, Batch, Flag, ModelConfig, Recommender, require_features
+from diffmm.models.base import MAX_WIDTH, Batch, ModelConfig, Recommender, require_features
 from diffmm.models.common import bpr_loss, l2_on_batch
 
 
@@ -74,21 +68,12 @@ class Config(ModelConfig):
         "representations (gamma_i, E f_i and the item bias), divided by the batch size "
         "(the paper's lambda_Theta).",
     )
-    normalise_features: Flag = Field(
-        True,
-        description="Scale each modality's feature rows to unit L2 norm before they are "
-        "concatenated into f_i; false feeds the raw features, as the paper does.",
-    )
 
 
-def concatenated_features(dataset: Dataset, model: str, unit_rows: bool = False) -> Tensor:
-    """All of ``dataset``'s feature matrices side by side: ``(n_items, sum of their dims)``;
-    with ``unit_rows`` each matrix's rows scaled to unit L2 norm first (zero rows stay 0)."""
+def concatenated_features(dataset: Dataset, model: str) -> Tensor:
+    """All of ``dataset``'s feature matrices side by side: ``(n_items, sum of their dims)``."""
     require_features(dataset, model)
-    blocks = [torch.from_numpy(np.asarray(f, dtype=np.float32)) for f in dataset.features.values()]
-    if unit_rows:
-        blocks = [F.normalize(block, dim=1) for block in blocks]
-    return torch.cat(blocks, 1)
+    return torch.from_numpy(np.concatenate(list(dataset.features.values()), axis=1))
 
 
 class VBPR(Recommender):
@@ -110,8 +95,7 @@ class VBPR(Recommender):
         super().__init__()
         self.check_data(config, dataset)
         # derived from the data, so moved by .to() but not saved in the state dict
-        features = concatenated_features(dataset, "VBPR", config.normalise_features)
-        self.register_buffer("features", features, persistent=False)
+        self.register_buffer("features", concatenated_features(dataset, "VBPR"), persistent=False)
         self.config = config
         self.n_users, self.n_items = dataset.n_users, dataset.n_items
         content_dim = config.embedding_dim // 2
