@@ -36,6 +36,30 @@ def test_train_writes_a_run_directory(tmp_path):
     assert (out / "best.pt").exists()
 
 
+def test_train_sets_how_much_freed_memory_malloc_keeps(tmp_path, monkeypatch):
+    """The command's malloc setting follows train.reuse_freed_memory_mb (the large preset
+    bounds it), applied after the one every command starts with."""
+    import diffmm.utils
+
+    kept: list[int] = []
+
+    def keep(threshold_bytes: int = 1 << 30) -> bool:
+        kept.append(threshold_bytes)
+        return True
+
+    monkeypatch.setattr(diffmm.utils, "keep_freed_memory_for_reuse", keep)
+    for setting, expected in ((None, 1024), ("train.reuse_freed_memory_mb=32", 32)):
+        sets = ["--set", "train.epochs=1", "--set", "train.progress=false"]
+        sets += ["--set", setting] if setting else []
+        out = ["--out", str(tmp_path / f"run{expected}")]
+        result = run("train", "--model", "mf", "--data", TINY, *out, *sets)
+        assert result.exit_code == 0, result.output
+        assert kept[-1] == expected << 20
+    from diffmm.config import resolve_config
+
+    assert resolve_config("diffmm", "large").train.reuse_freed_memory_mb == 32
+
+
 def test_train_diffmm_with_a_config_file(tmp_path):
     config = tmp_path / "c.toml"
     config.write_text(

@@ -92,6 +92,15 @@ class TrainConfig(BaseModel):
         "scores every user. None: every user.",
     )
     eval_batch_size: int = Field(1024, ge=1, le=MAX_COUNT, description="Users scored per batch.")
+    reuse_freed_memory_mb: int = Field(
+        1024,
+        ge=1,
+        le=1 << 20,
+        description="The diffmm command has glibc keep freed blocks up to this many MiB for "
+        "reuse (no page fault per 4 KiB page of each new large tensor) instead of returning "
+        "them: faster, but at 10^5-10^6 users the kept blocks double the peak memory; 32 "
+        "(glibc's own largest) bounds it. The library alone leaves malloc as it is.",
+    )
     device: str = Field("auto", description="'auto' (CUDA if available), 'cpu' or 'cuda[:i]'.")
     test_every_epoch: Flag = Field(
         False,

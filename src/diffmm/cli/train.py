@@ -72,6 +72,7 @@ def train(
     from diffmm.distributed import launched_as_main
     from diffmm.errors import ConfigError
     from diffmm.trainer import train as run_training
+    from diffmm.utils import keep_freed_memory_for_reuse
 
     if resume is not None:
         _refuse_split_options_on_resume(resume)
@@ -87,6 +88,7 @@ def train(
         dataset = data_ref.load()
         run_dir = out or _default_run_dir(run_config.model, dataset.name)
         check_writable_path(run_dir / "config.json")
+    keep_freed_memory_for_reuse(run_config.train.reuse_freed_memory_mb << 20)
     # under torchrun every process runs this; rank 0 alone prints (and writes run_dir)
     echo = click.echo if launched_as_main() else lambda *_, **__: None
     echo(f"training {run_config.model} on {dataset.name} -> {run_dir}", err=True)

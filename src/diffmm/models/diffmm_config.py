@@ -73,7 +73,11 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
     # Not a dataset's: the options that bound an epoch's cost on 10^5-10^6 users (README
     # "Large data"; benchmarks/scale.py's "linear" set), on top of the paper's defaults.
     "large": {
-        "train": {"max_batches_per_epoch": 64, "validation_users": 16384},
+        "train": {
+            "max_batches_per_epoch": 64,
+            "validation_users": 16384,
+            "reuse_freed_memory_mb": 32,
+        },
         "diffmm": {
             "contrastive_negatives": "sampled",
             "diffusion_space": "latent",
