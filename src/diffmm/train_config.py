@@ -14,6 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from diffmm.evaluate import USER_METRICS
 from diffmm.models.base import MAX_COUNT, Flag, authors
 from diffmm.precision import Precision
+from diffmm.utils import KEPT_FREED_BLOCK_MB
 
 #: Seeds are in ``[0, 2^63)``: what NumPy's and torch's generators both accept.
 MAX_SEED = 2**63 - 1
@@ -93,7 +94,7 @@ class TrainConfig(BaseModel):
     )
     eval_batch_size: int = Field(1024, ge=1, le=MAX_COUNT, description="Users scored per batch.")
     reuse_freed_memory_mb: int = Field(
-        1024,
+        KEPT_FREED_BLOCK_MB,
         ge=1,
         le=1 << 20,
         description="The diffmm command has glibc keep freed blocks up to this many MiB for "

@@ -166,7 +166,11 @@ def release_free_memory() -> None:
         pass
 
 
-def keep_freed_memory_for_reuse(threshold_bytes: int = 1 << 30) -> bool:
+#: The largest freed block (MiB) the ``diffmm`` command keeps for reuse unless told otherwise.
+KEPT_FREED_BLOCK_MB = 1024
+
+
+def keep_freed_memory_for_reuse(threshold_bytes: int = KEPT_FREED_BLOCK_MB << 20) -> bool:
     """Ask glibc to serve large blocks from its heap and keep freed ones for reuse.
 
     By default glibc gives every block above its mmap threshold fresh pages from the
