@@ -15,6 +15,14 @@ import pytest
 from helpers import SERVE_DATA, Server, diffmm_command, free_port
 
 
+@pytest.fixture
+def scratch_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Run from a scratch directory (no stray runs/ in the repository) and keep the split
+    cache fallback (~/.cache/diffmm) out of the real home directory."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("HOME", str(tmp_path))
+
+
 @pytest.fixture(scope="session")
 def trained_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A finished LightGCN run directory on :data:`SERVE_DATA` (3 epochs)."""

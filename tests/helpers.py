@@ -8,6 +8,7 @@ import subprocess
 import sys
 import urllib.error
 import urllib.request
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -163,3 +164,31 @@ def user_error(result: Any) -> str:
     stderr = "\n" + result.stderr
     assert "\nerror: " in stderr, result.output
     return stderr.split("\nerror: ", 1)[1]
+
+
+def usage_error(result: Any) -> str:
+    """The message of an invalid option caught by click itself (``Error: ...``, status 2)."""
+    assert result.exception is None or isinstance(result.exception, SystemExit)
+    assert "Traceback" not in result.output
+    assert result.exit_code == 2, result.output
+    assert "Error: " in result.stderr, result.output
+    return result.stderr.split("Error: ", 1)[1]
+
+
+def assert_says(message: str, *needles: str) -> None:
+    """Every one of ``needles`` is in ``message``."""
+    for needle in needles:
+        assert needle in message, f"{needle!r} not in message:\n{message}"
+
+
+def case(case_id: str, *values: Any) -> Any:
+    """One parametrized case with a readable id."""
+    import pytest
+
+    return pytest.param(*values, id=case_id)
+
+
+def truncate(path: Path, keep: float = 0.5) -> None:
+    """Cut ``path`` to the first ``keep`` share of its bytes (a copy that stopped early)."""
+    data = path.read_bytes()
+    path.write_bytes(data[: int(len(data) * keep)])
