@@ -409,13 +409,17 @@ def main() -> None:
     rows = json.loads(out.read_text())["rows"] if out.exists() else []
     stamp = {"revision": meta["revision"], "date": meta["machine"]["date"]}
 
-    def keep(row: dict[str, Any]) -> None:  # replaces an earlier row of the same setting
+    def keep(row: dict[str, Any]) -> None:
+        """Replace an earlier row of the same setting; a row of an earlier version of its
+        option set stays next to it (marked "(earlier set)")."""
+
         def key(r: dict[str, Any]) -> tuple:
             return (
                 r["users"],
                 r["items"],
                 r["processes"],
                 r.get("option_set"),
+                tuple(r.get("options", ())),
                 r.get("whole_epoch"),
             )
 
