@@ -9,6 +9,10 @@ for every point but never used to choose. Writes
 
     .venv/bin/python benchmarks/fair_table.py --dataset tiktok --models mf,vbpr
     .venv/bin/python benchmarks/fair_table.py --dataset ml100k --models mf,vbpr,lightgcn
+    .venv/bin/python benchmarks/fair_table.py --models mf,vbpr --set embedding_dim=128
+
+``--set`` adds a setting to every run and makes the table a variant of its own
+(``fair_table_tiktok-embedding_dim=128``, its runs apart), tuned by the same rules.
 
 MovieLens-100K gets its genres as multi-hot features (``diffmm features multihot``), and
 with ``--text`` also the sentence embedding of title + genres that Table 1 uses (needs
@@ -19,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import shlex
 import statistics
 import subprocess
@@ -74,17 +79,30 @@ FIXED = [
 ]
 
 
-def sweep(data: list[str], model: str, grid: dict[str, list[str]], seeds: str, out: Path) -> Path:
+def sweep(
+    data: list[str],
+    model: str,
+    grid: dict[str, list[str]],
+    seeds: str,
+    out: Path,
+    extra: list[str],
+) -> Path:
     exe = Path(sys.executable).with_name("diffmm")
     cmd = [str(exe), "sweep", "--model", model, *data, "--seeds", seeds]
     cmd += ["--out", repo_path(out)]
     for key, values in grid.items():
         cmd += ["--grid", f"{key}={','.join(values)}"]
-    for s in FIXED:
+    for s in [*FIXED, *extra]:
         cmd += ["--set", s]
     print(shlex.join(cmd), flush=True)
     subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
     return out / "sweep.csv"
+
+
+def label(dataset: str, extra: list[str]) -> str:
+    """The name of a table and its runs: the dataset, then each of ``extra``'s settings
+    (``tiktok-embedding_dim=128``), so that a variant never reuses the plain table's runs."""
+    return "-".join([dataset, *(re.sub(r"[^\w.=-]", "_", s) for s in extra)])
 
 
 def run_dir(dataset: str, model: str, point: dict[str, str], seed: int) -> Path:
@@ -118,13 +136,17 @@ def extended(grid: dict[str, list[str]], chosen: dict[str, str]) -> dict[str, li
     return wider if wider != grid else None
 
 
-def tune(data: list[str], dataset: str, model: str, revision: str) -> dict[str, Any]:
+def tune(
+    data: list[str], dataset: str, model: str, revision: str, extra: list[str]
+) -> dict[str, Any]:
+    """Tune ``model`` on its grid, then confirm the chosen point with every seed; ``extra``
+    settings apply to every run (``dataset`` then names the variant, see :func:`label`)."""
     out = RUNS / f"fair-{dataset}-{model}"
     grid = GRIDS[model]
 
     def chosen_on(grid: dict[str, list[str]]) -> tuple[pd.DataFrame, dict[str, str]]:
         # --seeds is a count (1 = seed 421, 3 = seeds 421-423) or a list with commas
-        table = pd.read_csv(sweep(data, model, grid, "1", out), dtype={k: str for k in grid})
+        table = pd.read_csv(sweep(data, model, grid, "1", out, extra), dtype={k: str for k in grid})
         best = table[table["selected"] == "*"].iloc[0]
         return table, {k: str(best[k]) for k in grid}
 
@@ -134,7 +156,7 @@ def tune(data: list[str], dataset: str, model: str, revision: str) -> dict[str, 
         grid, extensions = wider, extensions + 1  # the sweep reuses the finished points
         table, point = chosen_on(grid)
     confirm = pd.read_csv(
-        sweep(data, model, {k: [v] for k, v in point.items()}, str(len(SEEDS)), out),
+        sweep(data, model, {k: [v] for k, v in point.items()}, str(len(SEEDS)), out, extra),
         dtype={k: str for k in grid},
     )
     runs = []
@@ -169,6 +191,11 @@ def markdown(meta: dict[str, Any], results: dict[str, Any]) -> str:
     lines = [
         f"# Fair comparison on {meta['dataset']}: the same tuning budget for every model",
         "",
+        *(
+            [f"Every run also sets {', '.join(f'`{s}`' for s in meta['sets'])}.", ""]
+            if meta.get("sets")
+            else []
+        ),
         f"Last command: `{meta['command']}` (earlier ones tuned the models of other "
         f"revisions in the table); revision `{meta['revision']}`; machine "
         f"{meta['machine']['cpu']}, {meta['machine']['cores']} cores, {meta['machine']['date']}.",
@@ -223,8 +250,17 @@ def main() -> None:
     parser.add_argument("--models", default="mf,vbpr")
     parser.add_argument("--text", action="store_true", help="ml100k: also text features.")
     parser.add_argument("--report-only", action="store_true", help="Rewrite the .md only.")
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="A setting for every run of the listed models (repeatable); the table and its "
+        "runs are then a variant of their own, fair_table_<dataset>-<settings>.",
+    )
     args = parser.parse_args()
-    stem = RESULTS / f"fair_table_{args.dataset}"
+    name = label(args.dataset, args.set)
+    stem = RESULTS / f"fair_table_{name}"
     if args.report_only:
         saved = json.loads(stem.with_suffix(".json").read_text())
         write(stem.with_suffix(".md"), markdown(saved, saved["models"]))
@@ -239,6 +275,7 @@ def main() -> None:
         "dataset": args.dataset,
         **provenance(),
         "fixed": FIXED,
+        "sets": args.set,
     }
     # models tuned by an earlier command stay, each with the revision it ran at
     saved = (
@@ -248,7 +285,7 @@ def main() -> None:
     )
     results = {m: {"revision": saved["revision"], **r} for m, r in saved.get("models", {}).items()}
     for model in args.models.split(","):
-        tuned = tune(data, args.dataset, model, meta["revision"])
+        tuned = tune(data, name, model, meta["revision"], args.set)
         results[model] = {**tuned, "revision": meta["revision"], "command": meta["command"]}
     write(stem.with_suffix(".json"), json.dumps({**meta, "models": results}, indent=2) + "\n")
     write(stem.with_suffix(".md"), markdown(meta, results))

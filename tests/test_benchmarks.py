@@ -180,6 +180,20 @@ def test_a_choice_at_the_edge_of_the_grid_is_flagged():
     assert fair_table.extended(grid, {"train.lr": "0.005", "l2_weight": "1e-2"}) is None
 
 
+def test_a_variant_of_the_fair_table_names_its_settings_and_never_reuses_the_plain_runs():
+    fair_table = pytest.importorskip("fair_table")
+
+    assert fair_table.label("tiktok", []) == "tiktok"  # the plain table keeps its files
+    variant = fair_table.label("tiktok", ["embedding_dim=128", "a b/c=1"])
+    assert variant == "tiktok-embedding_dim=128-a_b_c=1"  # a file name, no folders
+    point = {"train.lr": "0.002"}
+    plain, other = (fair_table.run_dir(d, "vbpr", point, 421) for d in ("tiktok", variant))
+    assert plain != other and plain.name == other.name == "train.lr=0.002-seed421"
+    assert fair_table.stored_name(variant, "vbpr", 421) != fair_table.stored_name(
+        "tiktok", "vbpr", 421
+    )
+
+
 def test_every_model_gets_as_many_grid_points_and_diffmm_its_own_l2_units():
     fair_table = pytest.importorskip("fair_table")
 
