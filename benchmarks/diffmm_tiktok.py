@@ -80,7 +80,7 @@ BEYOND_VARIANTS: dict[str, list[str]] = {
     "50 epochs without early stop": ["train.patience=50"],
     # the fusion ratio validation chooses (w/o DM leads the full model on validation at
     # every seed), with the averaging that damps the epoch-to-epoch swing
-    "w/o DM, EMA 0.99": ["diffusion_graph_ratio=0", "train.ema_decay=0.99"],
+    "w/o DM with EMA 0.99": ["diffusion_graph_ratio=0", "train.ema_decay=0.99"],
 }
 VARIANTS = {**ABLATIONS, **OPTION_VARIANTS, **BEYOND_VARIANTS}
 METRICS = ("recall@10", "recall@20", "ndcg@10", "ndcg@20", "precision@10", "precision@20")

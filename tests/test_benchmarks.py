@@ -211,3 +211,25 @@ def test_results_name_the_command_that_made_them(monkeypatch):
     meta = common.provenance()
     assert meta["command"] == "python benchmarks/scale.py --sizes 10x5"  # repo-relative
     assert meta["revision"] and meta["machine"]["cores"] >= 1
+
+
+def test_the_tiktok_timing_rotates_its_sides_and_gives_each_variant_its_ratio():
+    import tiktok_options
+
+    sides = ["default", "a", "b"]
+    orders = [tiktok_options.rotated(sides, i) for i in range(3)]
+    assert [o[0] for o in orders] == sides  # each side leads once in three rounds
+    assert all(sorted(o) == sorted(sides) for o in orders)
+
+    def run(side: str, modalities: int, seconds: float) -> dict:
+        return {"side": side, "modalities": modalities, "phases_median": {"seconds": seconds}}
+
+    runs = [run("default", 2, 40), run("a", 2, 20), run("b", 2, 10), run("default", 2, 44)]
+    runs += [run("b", 2, 12), run("a", 2, 22), run("default", 3, 70)]
+    two = tiktok_options.summary_of(runs)["2_modalities"]
+    assert two["sides"]["default"]["seconds"] == 42  # the median of its runs
+    assert two["ratio"]["a"]["seconds"] == pytest.approx(21 / 42)
+    assert two["ratio"]["b"]["seconds"] == pytest.approx(11 / 42)
+    # a modality count timed without variants has no ratios
+    assert tiktok_options.summary_of(runs)["3_modalities"]["ratio"] == {}
+    assert tiktok_options.slug("large-data options, a third") == "large-data-options-a-third"
