@@ -64,6 +64,8 @@ GRIDS: dict[str, dict[str, list[str]]] = {
     "diffmm": {**LR_L2, "l2_weight": decades(DiffMMConfig.model_fields["l2_weight"].default)},
 }
 SEEDS = (421, 422, 423)  # what `--seeds 3` trains
+#: The ID-only model every other one is paired with: what content or a graph must beat.
+REFERENCE = "mf"
 #: A grid whose best point lies on its edge is extended by one step past that edge, at
 #: most this often: the same rule for every model, so the budget grows only where a grid
 #: was too narrow, and every point tried is listed.
@@ -181,13 +183,31 @@ def tune(
     }
 
 
+def against_reference(name: str, results: dict[str, Any], revision: str) -> dict[str, Any]:
+    """Each model minus :data:`REFERENCE` over their common seeds, and per user averaged
+    over those seeds (:func:`significance.versus`); ``name`` is the table's
+    (:func:`label`), ``revision`` its own for models recorded without one."""
+    import significance  # it imports this module
+
+    if REFERENCE not in results:
+        return {}
+    reference = significance.baseline_runs(name, REFERENCE, results[REFERENCE], revision)
+    rows = {}
+    for model, entry in results.items():
+        runs = significance.baseline_runs(name, model, entry, revision)
+        sides = ("model", REFERENCE)
+        if model != REFERENCE and (row := significance.versus(runs, reference, sides)):
+            rows[model] = row
+    return rows
+
+
 def grid_edges(grid: dict[str, list[str]], chosen: dict[str, str]) -> list[str]:
     """The settings whose chosen value is the grid's smallest or largest (of 3 or more):
     the best point may lie beyond the grid."""
     return [f"{k}={v}" for k, v in chosen.items() if _edge(grid[k], v) is not None]
 
 
-def markdown(meta: dict[str, Any], results: dict[str, Any]) -> str:
+def markdown(meta: dict[str, Any], results: dict[str, Any], versus: dict[str, Any]) -> str:
     lines = [
         f"# Fair comparison on {meta['dataset']}: the same tuning budget for every model",
         "",
@@ -230,6 +250,28 @@ def markdown(meta: dict[str, Any], results: dict[str, Any]) -> str:
             f"† chosen at the edge of a grid of 3 or more values ({where}): a wider grid may "
             "find a better point, so this model may be under-tuned.",
         ]
+    if versus:
+        from significance import difference_cells
+
+        lines += [
+            "",
+            f"## Against {REFERENCE}, paired by seed and by user",
+            "",
+            f"Δ is the model minus {REFERENCE} on the same seeds: over seeds with a 95% t "
+            "interval (training noise), and per user averaged over the seeds with a 95% "
+            "paired bootstrap interval and sign-flip p (test-set noise).",
+            "",
+            f"| model | seeds | {REFERENCE} R@20 | model R@20 | Δ over seeds [95% t] | "
+            "Δ per user [95% bootstrap] | p |",
+            "|---|---|---|---|---|---|---|",
+        ]
+        for model, row in versus.items():
+            cells = " | ".join(difference_cells(row))
+            lines.append(
+                f"| {model} | {', '.join(map(str, row['seeds']))} | "
+                f"{statistics.fmean(row[REFERENCE + '_recall@20']):.4f} | "
+                f"{statistics.fmean(row['model_recall@20']):.4f} | {cells} |"
+            )
     commands = [f"- {m}: `{r['command']}`" for m, r in results.items() if r.get("command")]
     if commands:
         lines += ["", "Commands (the others: the last command above, or earlier ones):", ""]
@@ -249,7 +291,9 @@ def main() -> None:
     parser.add_argument("--dataset", default="tiktok")
     parser.add_argument("--models", default="mf,vbpr")
     parser.add_argument("--text", action="store_true", help="ml100k: also text features.")
-    parser.add_argument("--report-only", action="store_true", help="Rewrite the .md only.")
+    parser.add_argument(
+        "--report-only", action="store_true", help="Rewrite the reports, training nothing."
+    )
     parser.add_argument(
         "--set",
         action="append",
@@ -263,7 +307,10 @@ def main() -> None:
     stem = RESULTS / f"fair_table_{name}"
     if args.report_only:
         saved = json.loads(stem.with_suffix(".json").read_text())
-        write(stem.with_suffix(".md"), markdown(saved, saved["models"]))
+        versus = against_reference(name, saved["models"], saved["revision"])
+        saved["versus_" + REFERENCE] = versus
+        write(stem.with_suffix(".json"), json.dumps(saved, indent=2) + "\n")
+        write(stem.with_suffix(".md"), markdown(saved, saved["models"], versus))
         return
     if args.dataset == "ml100k":  # a table: --data names the file, features come apart
         features = ml100k_features(RUNS / "ml100k-features", text=args.text)
@@ -287,8 +334,10 @@ def main() -> None:
     for model in args.models.split(","):
         tuned = tune(data, name, model, meta["revision"], args.set)
         results[model] = {**tuned, "revision": meta["revision"], "command": meta["command"]}
-    write(stem.with_suffix(".json"), json.dumps({**meta, "models": results}, indent=2) + "\n")
-    write(stem.with_suffix(".md"), markdown(meta, results))
+    versus = against_reference(name, results, meta["revision"])
+    result = {**meta, "models": results, "versus_" + REFERENCE: versus}
+    write(stem.with_suffix(".json"), json.dumps(result, indent=2) + "\n")
+    write(stem.with_suffix(".md"), markdown(meta, results, versus))
     print(stem.with_suffix(".md").read_text())
 
 

@@ -73,27 +73,46 @@ def _values(run: dict[str, Any]) -> np.ndarray | None:
     return per_user.values(run["run_dir"], run["name"], run["revision"], run["recall"])
 
 
-def versus(diffmm: dict[int, dict], baseline: dict[int, dict]) -> dict[str, Any] | None:
-    """DiffMM minus the baseline over their common seeds (see the module docstring)."""
+def versus(
+    diffmm: dict[int, dict],
+    baseline: dict[int, dict],
+    sides: tuple[str, str] = ("diffmm", "baseline"),
+) -> dict[str, Any] | None:
+    """DiffMM minus the baseline over their common seeds (see the module docstring);
+    ``sides`` names the two in the row's keys (``diffmm_recall@20``, ...)."""
     seeds = sorted(set(diffmm) & set(baseline))
     if not seeds:
         return None
     diffs = [diffmm[s]["recall"] - baseline[s]["recall"] for s in seeds]
     row: dict[str, Any] = {
         "seeds": seeds,
-        "diffmm_recall@20": [diffmm[s]["recall"] for s in seeds],
-        "baseline_recall@20": [baseline[s]["recall"] for s in seeds],
+        **{
+            f"{side}_recall@20": [runs[s]["recall"] for s in seeds]
+            for side, runs in zip(sides, (diffmm, baseline), strict=True)
+        },
         "mean_diff": statistics.fmean(diffs),
         "t_ci95_over_seeds": ablations.t_interval(diffs),
         "revisions": {
-            "diffmm": sorted({diffmm[s]["revision"] for s in seeds}),
-            "baseline": sorted({baseline[s]["revision"] for s in seeds}),
+            side: sorted({runs[s]["revision"] for s in seeds})
+            for side, runs in zip(sides, (diffmm, baseline), strict=True)
         },
     }
     row["per_user"] = ablations.per_user_difference(  # None: the values are not here
         [_values(baseline[s]) for s in seeds], [_values(diffmm[s]) for s in seeds]
     )
     return row
+
+
+def difference_cells(row: dict[str, Any]) -> tuple[str, str, str]:
+    """A :func:`versus` row's table cells: Δ over seeds [t], Δ per user [bootstrap], p."""
+    over = f"{row['mean_diff']:+.4f}"
+    if row["t_ci95_over_seeds"]:
+        lo, hi = row["t_ci95_over_seeds"]
+        over += f" [{lo:+.4f}, {hi:+.4f}]"
+    if not (u := row["per_user"]):
+        return over, "per-user values absent", "–"
+    per_user = f"{u['diff']:+.4f} [{u['ci_low']:+.4f}, {u['ci_high']:+.4f}]"
+    return over, per_user, f"{u['p_value']:.3g}"
 
 
 def markdown(meta: dict[str, Any], rows: dict[str, Any]) -> str:
@@ -116,17 +135,7 @@ def markdown(meta: dict[str, Any], rows: dict[str, Any]) -> str:
     for model, r in rows.items():
         label = model + (" (best multi-modal)" if model == meta["best_multimodal"] else "")
         seeds = ", ".join(map(str, r["seeds"]))
-        over = f"{r['mean_diff']:+.4f}"
-        if r["t_ci95_over_seeds"]:
-            lo, hi = r["t_ci95_over_seeds"]
-            over += f" [{lo:+.4f}, {hi:+.4f}]"
-        pu, p = "per-user values absent", "–"
-        if r["per_user"]:
-            u = r["per_user"]
-            pu, p = (
-                f"{u['diff']:+.4f} [{u['ci_low']:+.4f}, {u['ci_high']:+.4f}]",
-                f"{u['p_value']:.3g}",
-            )
+        over, pu, p = difference_cells(r)
         revisions = " / ".join(
             ", ".join(x[:7] for x in r["revisions"][k]) for k in ("diffmm", "baseline")
         )

@@ -233,3 +233,23 @@ def test_the_tiktok_timing_rotates_its_sides_and_gives_each_variant_its_ratio():
     # a modality count timed without variants has no ratios
     assert tiktok_options.summary_of(runs)["3_modalities"]["ratio"] == {}
     assert tiktok_options.slug("large-data options, a third") == "large-data-options-a-third"
+
+
+def test_every_model_of_a_fair_table_is_paired_with_mf_on_their_common_seeds():
+    fair_table = pytest.importorskip("fair_table")
+
+    def entry(recalls: dict[int, float]) -> dict:
+        runs = [{"seed": s, "test": {"recall@20": r}} for s, r in recalls.items()]
+        return {"chosen": {"train.lr": "0.002"}, "runs": runs}
+
+    results = {
+        "mf": entry({421: 0.08, 422: 0.09, 423: 0.10}),
+        "vbpr": entry({421: 0.09, 422: 0.09}),  # a seed short: paired on the two
+    }
+    rows = fair_table.against_reference("no-such-table", results, "abc")
+    assert list(rows) == ["vbpr"]  # MF is the reference, not a row
+    assert rows["vbpr"]["seeds"] == [421, 422]
+    assert rows["vbpr"]["mean_diff"] == pytest.approx(0.005)
+    assert rows["vbpr"]["mf_recall@20"] == [0.08, 0.09]
+    assert rows["vbpr"]["per_user"] is None  # no run directories, nothing stored
+    assert fair_table.against_reference("t", {"vbpr": results["vbpr"]}, "abc") == {}
