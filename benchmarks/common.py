@@ -6,6 +6,7 @@ import datetime as dt
 import json
 import os
 import platform
+import re
 import shlex
 import shutil
 import statistics
@@ -134,6 +135,12 @@ def repo_relative_text(text: str) -> str:
     """``text`` with this checkout's and the shared data's absolute paths made relative."""
     data = shared_data_root()
     return text.replace(str(data), repo_path(data)).replace(f"{REPO}/", "")
+
+
+def slug(text: str) -> str:
+    """``text`` as a piece of a file name: lower case, each run of other characters than
+    letters, digits and ``._=-`` one ``-`` (``"w/o DM"`` -> ``w-o-dm``)."""
+    return re.sub(r"[^a-z0-9._=-]+", "-", text.lower()).strip("-")
 
 
 def train_command(model: str, data: Path, run_dir: Path, preset: str | None, sets: list[str]):

@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 import statistics
 from typing import Any
 
@@ -46,6 +45,7 @@ from common import (
     phase_medians,
     require_dataset,
     run_training,
+    slug,
     train_command,
     write_atomic,
 )
@@ -433,8 +433,7 @@ def main() -> None:
             *VARIANTS.get(variant, []),
             *([variant.removeprefix(TUNE)] if variant.startswith(TUNE) else []),
         ]
-        slug = re.sub(r"[^a-z0-9.=-]+", "-", variant.lower()).strip("-")
-        run_dir = RUNS / f"diffmm-tiktok-{slug}-seed{seed}"
+        run_dir = RUNS / f"diffmm-tiktok-{slug(variant)}-seed{seed}"
         cmd = train_command("diffmm", data, run_dir, "tiktok", sets)
         print(f"running {variant}, seed {seed}: {' '.join(cmd)}", flush=True)
         revision = git_revision()  # the code the run starts with

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 import shlex
 import statistics
 import subprocess
@@ -41,6 +40,7 @@ from common import (
     provenance,
     repo_path,
     require_dataset,
+    slug,
 )
 from common import write_atomic as write
 from diffmm.models.diffmm_config import DiffMMConfig
@@ -104,7 +104,7 @@ def sweep(
 def label(dataset: str, extra: list[str]) -> str:
     """The name of a table and its runs: the dataset, then each of ``extra``'s settings
     (``tiktok-embedding_dim=128``), so that a variant never reuses the plain table's runs."""
-    return "-".join([dataset, *(re.sub(r"[^\w.=-]", "_", s) for s in extra)])
+    return "-".join([dataset, *map(slug, extra)])
 
 
 def run_dir(dataset: str, model: str, point: dict[str, str], seed: int) -> Path:

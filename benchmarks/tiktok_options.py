@@ -39,6 +39,7 @@ from common import (
     phase_medians,
     require_dataset,
     run_training,
+    slug,
     train_command,
     write_atomic,
 )
@@ -81,14 +82,9 @@ def one_run(data: Path, side: str, modalities: int, epochs: int, features: Path 
     }
 
 
-def slug(side: str) -> str:
-    """A side's name as a file name: ``large-data-options``."""
-    return "-".join("".join(c if c.isalnum() else " " for c in side).split())
-
-
 def rotated(sides: list[str], round_index: int) -> list[str]:
     """The order of the sides in one round: each side leads in turn, so that none always
-    runs first (a warm cache, a quieter machine) or right after the same other side."""
+    runs first (a cold cache, a machine still busy with what ran before)."""
     shift = round_index % len(sides)
     return sides[shift:] + sides[:shift]
 

@@ -184,8 +184,8 @@ def test_a_variant_of_the_fair_table_names_its_settings_and_never_reuses_the_pla
     fair_table = pytest.importorskip("fair_table")
 
     assert fair_table.label("tiktok", []) == "tiktok"  # the plain table keeps its files
-    variant = fair_table.label("tiktok", ["embedding_dim=128", "a b/c=1"])
-    assert variant == "tiktok-embedding_dim=128-a_b_c=1"  # a file name, no folders
+    variant = fair_table.label("tiktok", ["embedding_dim=128", "a B/c=1"])
+    assert variant == "tiktok-embedding_dim=128-a-b-c=1"  # a file name, no folders
     point = {"train.lr": "0.002"}
     plain, other = (fair_table.run_dir(d, "vbpr", point, 421) for d in ("tiktok", variant))
     assert plain != other and plain.name == other.name == "train.lr=0.002-seed421"
@@ -232,7 +232,8 @@ def test_the_tiktok_timing_rotates_its_sides_and_gives_each_variant_its_ratio():
     assert two["ratio"]["b"]["seconds"] == pytest.approx(11 / 42)
     # a modality count timed without variants has no ratios
     assert tiktok_options.summary_of(runs)["3_modalities"]["ratio"] == {}
-    assert tiktok_options.slug("large-data options, a third") == "large-data-options-a-third"
+    assert common.slug("large-data options, a third") == "large-data-options-a-third"
+    assert common.slug("w/o DM with EMA 0.99") == "w-o-dm-with-ema-0.99"
 
 
 def test_every_model_of_a_fair_table_is_paired_with_mf_on_their_common_seeds():
