@@ -71,6 +71,9 @@ OPTION_VARIANTS: dict[str, list[str]] = {
         "graph_users_per_epoch=3200",
         "train.validation_users=3200",
     ],
+    # issue 13 §4: autocast to bfloat16 for the denoisers' and the contrastive loss's
+    # products (what `train.precision=auto` picks on hardware with fast bf16)
+    "bf16 matrix products": ["train.precision=bf16"],
 }
 #: Issue 15 §4's candidates beyond parity, each kept only if it helps over 3 seeds.
 BEYOND_VARIANTS: dict[str, list[str]] = {
