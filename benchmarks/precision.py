@@ -5,7 +5,8 @@ or the CUDA device), a square GEMM's rate in float32 and in bfloat16, and short 
 trainings on synthetic data with ``train.precision=fp32`` and ``=bf16``, alternating
 (fp32, bf16, fp32, bf16, ...; same seed), each phase's median seconds per epoch and
 the test metrics. Results go to ``benchmarks/results/precision.{json,md}``, one section
-per device (a run on CUDA keeps the CPU section and the other way round).
+per device and hardware path (``cpu (AVX2)``, ``cpu (AVX512_BF16)``, ``cuda (...)``: a
+run keeps the other sections).
 
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/precision.py                 # CPU
     .venv/bin/python benchmarks/precision.py --device cuda --users 20000 --items 8000
@@ -120,10 +121,10 @@ def summarise(runs: list[dict[str, Any]]) -> dict[str, Any]:
 
 def markdown(sections: dict[str, Any]) -> str:
     lines = ["# bfloat16 matrix products (`train.precision`, issue 13 §4)", ""]
-    for device, s in sections.items():
-        m, cap = s["machine"], s["capability"]
+    for section, s in sections.items():
+        m, cap, device = s["machine"], s["capability"], section.split(" ")[0]
         lines += [
-            f"## {device}",
+            f"## {section}",
             "",
             f"Command: `{s['command']}` (`OMP_NUM_THREADS={s['omp_num_threads']}`); revision "
             f"`{s['revision']}`; {m['cpu']}, {m['cores']} cores, torch {m['torch']} "
@@ -205,7 +206,8 @@ def main() -> None:
     }
     path = RESULTS / "precision.json"
     sections = json.loads(path.read_text()) if path.exists() else {}
-    sections[device.type] = section
+    # one section per device and hardware path: an AVX2 CPU's stays beside an AVX-512 one's
+    sections[f"{device.type} ({capability['hardware']})"] = section
     write_atomic(path, to_json(sections) + "\n")
     write_atomic(RESULTS / "precision.md", markdown(sections))
     print(markdown({device.type: section}))
