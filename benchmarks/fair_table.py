@@ -32,6 +32,7 @@ from typing import Any
 
 import pandas as pd
 
+import fair_ledger
 import per_user
 from common import (
     RESULTS,
@@ -146,9 +147,17 @@ def tune(
     out = RUNS / f"fair-{dataset}-{model}"
     grid = GRIDS[model]
 
-    def chosen_on(grid: dict[str, list[str]]) -> tuple[pd.DataFrame, dict[str, str]]:
+    if restored := fair_ledger.restore(out):
+        print(f"{model}: {len(restored)} finished runs rebuilt from {fair_ledger.LEDGER}")
+
+    def swept(grid: dict[str, list[str]], seeds: str) -> pd.DataFrame:
         # --seeds is a count (1 = seed 421, 3 = seeds 421-423) or a list with commas
-        table = pd.read_csv(sweep(data, model, grid, "1", out, extra), dtype={k: str for k in grid})
+        csv = sweep(data, model, grid, seeds, out, extra)
+        fair_ledger.record(out)
+        return pd.read_csv(csv, dtype={k: str for k in grid})
+
+    def chosen_on(grid: dict[str, list[str]]) -> tuple[pd.DataFrame, dict[str, str]]:
+        table = swept(grid, "1")
         best = table[table["selected"] == "*"].iloc[0]
         return table, {k: str(best[k]) for k in grid}
 
@@ -157,10 +166,7 @@ def tune(
     while extensions < MAX_EXTENSIONS and (wider := extended(grid, point)) is not None:
         grid, extensions = wider, extensions + 1  # the sweep reuses the finished points
         table, point = chosen_on(grid)
-    confirm = pd.read_csv(
-        sweep(data, model, {k: [v] for k, v in point.items()}, str(len(SEEDS)), out, extra),
-        dtype={k: str for k in grid},
-    )
+    confirm = swept({k: [v] for k, v in point.items()}, str(len(SEEDS)))
     runs = []
     for seed in SEEDS:
         folder = run_dir(dataset, model, point, seed)
@@ -302,9 +308,20 @@ def main() -> None:
         help="A setting for every run of the listed models (repeatable); the table and its "
         "runs are then a variant of their own, fair_table_<dataset>-<settings>.",
     )
+    parser.add_argument(
+        "--record-only",
+        action="store_true",
+        help="Keep the listed models' finished runs in results/fair_runs (for runs that "
+        "another command trained), training nothing.",
+    )
     args = parser.parse_args()
     name = label(args.dataset, args.set)
     stem = RESULTS / f"fair_table_{name}"
+    if args.record_only:
+        for model in args.models.split(","):
+            kept = fair_ledger.record(RUNS / f"fair-{name}-{model}")
+            print(f"{model}: kept {len(kept)} finished runs: {', '.join(kept) or '-'}")
+        return
     if args.report_only:
         saved = json.loads(stem.with_suffix(".json").read_text())
         versus = against_reference(name, saved["models"], saved["revision"])

@@ -26,17 +26,27 @@ def _matches(stored: Any, revision: str, recorded: float) -> bool:
     return str(stored["revision"]) == revision and float(stored["recorded"]) == recorded
 
 
-def values(run_dir: Path, name: str, revision: str, recorded: float) -> np.ndarray | None:
-    """The run's test Recall@20 per user, in user order, or None if neither its stored
-    copy (``STORE/name.npz``, matching ``revision`` and ``recorded``) nor its run
-    directory is here. ``recorded`` is the run's own test Recall@20 (its summary)."""
+#: A run directory's own copy of its per-user values, for a run directory rebuilt from a
+#: committed record without its model (``fair_ledger.restore``).
+IN_RUN = "test_per_user.npz"
+
+
+def _save(path: Path, **arrays: Any) -> None:
+    tmp = path.with_name(path.name + ".tmp")  # written whole, then renamed; umask honoured
+    with open(tmp, "wb") as f:
+        np.savez_compressed(f, **arrays)
+    os.replace(tmp, path)
+
+
+def compute(run_dir: Path, recorded: float) -> tuple[np.ndarray, np.ndarray] | None:
+    """The run's users and their test Recall@20, in user order: from its own copy
+    (:data:`IN_RUN`, if made for ``recorded``) or its best model; None if it has neither."""
     from diffmm.compare import per_user_metrics
 
-    path = STORE / f"{name}.npz"
-    if path.exists():
-        with np.load(path) as stored:
-            if _matches(stored, revision, recorded):
-                return stored["values"]
+    if (run_dir / IN_RUN).exists():
+        with np.load(run_dir / IN_RUN) as kept:
+            if float(kept["recorded"]) == recorded:
+                return kept["users"], kept["values"]
     if not (run_dir / "best.pt").exists():
         return None
     users, per = per_user_metrics(run_dir, "test", ks=(20,), metrics=[METRIC.split("@")[0]])
@@ -48,9 +58,31 @@ def values(run_dir: Path, name: str, revision: str, recorded: float) -> np.ndarr
             f"the run recorded {recorded:.6f}",
             flush=True,
         )
+    return users, result
+
+
+def keep_in_run(run_dir: Path, target: Path, recorded: float) -> bool:
+    """Write ``run_dir``'s per-user values as ``target``/:data:`IN_RUN`; False if it has none."""
+    found = compute(run_dir, recorded)
+    if found is None:
+        return False
+    _save(target / IN_RUN, users=found[0], values=found[1], recorded=recorded)
+    return True
+
+
+def values(run_dir: Path, name: str, revision: str, recorded: float) -> np.ndarray | None:
+    """The run's test Recall@20 per user, in user order, or None if neither its stored
+    copy (``STORE/name.npz``, matching ``revision`` and ``recorded``) nor its run
+    directory (:func:`compute`) has them. ``recorded`` is the run's own test Recall@20."""
+    path = STORE / f"{name}.npz"
+    if path.exists():
+        with np.load(path) as stored:
+            if _matches(stored, revision, recorded):
+                return stored["values"]
+    found = compute(run_dir, recorded)
+    if found is None:
+        return None
     STORE.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")  # written whole, then renamed; umask honoured
-    with open(tmp, "wb") as f:
-        np.savez_compressed(f, users=users, values=result, revision=revision, recorded=recorded)
-    os.replace(tmp, path)
+    users, result = found
+    _save(path, users=users, values=result, revision=revision, recorded=recorded)
     return result

@@ -254,3 +254,40 @@ def test_every_model_of_a_fair_table_is_paired_with_mf_on_their_common_seeds():
     assert rows["vbpr"]["mf_recall@20"] == [0.08, 0.09]
     assert rows["vbpr"]["per_user"] is None  # no run directories, nothing stored
     assert fair_table.against_reference("t", {"vbpr": results["vbpr"]}, "abc") == {}
+
+
+def test_finished_fair_runs_are_kept_and_rebuilt_on_a_machine_without_them(tmp_path, monkeypatch):
+    import diffmm.compare
+    import fair_ledger
+    import per_user
+
+    monkeypatch.setattr(fair_ledger, "LEDGER", tmp_path / "kept")
+    monkeypatch.setattr(per_user, "STORE", tmp_path / "per_user")
+    monkeypatch.setattr(
+        diffmm.compare,
+        "per_user_metrics",
+        lambda *a, **k: (np.array([1, 0]), {"recall@20": np.array([1.0, 0.0])}),
+    )
+    out = tmp_path / "runs" / "fair-tiktok-mf"
+    finished, unpaired, running = (out / "runs" / f"p={v}-seed421" for v in (1, 2, 3))
+    for folder in (finished, unpaired, running):
+        folder.mkdir(parents=True)
+        (folder / "config.json").write_text('{"model": "mf"}')
+    for folder in (finished, unpaired):
+        (folder / "summary.json").write_text(json.dumps({"test": {"recall@20": 0.5}}))
+    (finished / "best.pt").write_bytes(b"")
+    assert fair_ledger.record(out) == [finished.name]  # no model, no values: not kept
+    assert fair_ledger.record(out) == []  # kept once
+
+    for folder in (finished, unpaired):
+        for file in folder.iterdir():
+            file.unlink()
+        folder.rmdir()
+    assert fair_ledger.restore(out) == [finished.name]
+    assert json.loads((finished / "summary.json").read_text()) == {"test": {"recall@20": 0.5}}
+    assert (finished / "config.json").read_text() == '{"model": "mf"}'
+    assert not (finished / "best.pt").exists() and not (running / "summary.json").exists()
+    assert per_user.values(finished, "x", "abc", 0.5).tolist() == [0.0, 1.0]  # user order
+    assert per_user.values(finished, "y", "abc", 0.25) is None  # made for another result
+    (finished / "summary.json").write_text("{}")  # a directory that exists is the user's
+    assert fair_ledger.restore(out) == [] and (finished / "summary.json").read_text() == "{}"
