@@ -12,6 +12,7 @@ A run directory that exists is never touched: a run in progress resumes as befor
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -20,7 +21,7 @@ from common import RESULTS
 from common import write_atomic as write
 
 LEDGER = RESULTS / "fair_runs"
-#: What a kept run holds; the summary comes last, since it marks a run as finished.
+#: What a kept run holds besides its per-user values; the summary marks it as finished.
 KEPT = ("config.json", "summary.json")
 
 
@@ -37,7 +38,6 @@ def record(out: Path) -> list[str]:
         if (target / "summary.json").exists():
             continue
         recorded = json.loads(summary.read_text())["test"][per_user.METRIC]
-        target.mkdir(parents=True, exist_ok=True)
         if not per_user.keep_in_run(folder, target, recorded):
             continue  # neither a model nor a copy: the run cannot be paired, so not kept
         for name in KEPT:
@@ -53,9 +53,10 @@ def restore(out: Path) -> list[str]:
         source, folder = summary.parent, out / "runs" / summary.parent.name
         if folder.exists():
             continue
-        folder.mkdir(parents=True)
-        shutil.copyfile(source / per_user.IN_RUN, folder / per_user.IN_RUN)
-        for name in KEPT:
-            write(folder / name, (source / name).read_text())
+        # built aside, then renamed whole: a half-rebuilt run would be taken for one to resume
+        part = folder.with_name(folder.name + ".part")
+        shutil.rmtree(part, ignore_errors=True)
+        shutil.copytree(source, part)
+        os.replace(part, folder)
         done.append(folder.name)
     return done

@@ -66,6 +66,7 @@ def keep_in_run(run_dir: Path, target: Path, recorded: float) -> bool:
     found = compute(run_dir, recorded)
     if found is None:
         return False
+    target.mkdir(parents=True, exist_ok=True)
     _save(target / IN_RUN, users=found[0], values=found[1], recorded=recorded)
     return True
 
