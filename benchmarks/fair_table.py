@@ -89,9 +89,10 @@ def sweep(
     seeds: str,
     out: Path,
     extra: list[str],
+    jobs: int = 1,
 ) -> Path:
     exe = Path(sys.executable).with_name("diffmm")
-    cmd = [str(exe), "sweep", "--model", model, *data, "--seeds", seeds]
+    cmd = [str(exe), "sweep", "--model", model, *data, "--seeds", seeds, "--jobs", str(jobs)]
     cmd += ["--out", repo_path(out)]
     for key, values in grid.items():
         cmd += ["--grid", f"{key}={','.join(values)}"]
@@ -140,10 +141,11 @@ def extended(grid: dict[str, list[str]], chosen: dict[str, str]) -> dict[str, li
 
 
 def tune(
-    data: list[str], dataset: str, model: str, revision: str, extra: list[str]
+    data: list[str], dataset: str, model: str, revision: str, extra: list[str], jobs: int = 1
 ) -> dict[str, Any]:
     """Tune ``model`` on its grid, then confirm the chosen point with every seed; ``extra``
-    settings apply to every run (``dataset`` then names the variant, see :func:`label`)."""
+    settings apply to every run (``dataset`` then names the variant, see :func:`label`);
+    ``jobs`` runs train at a time (``diffmm sweep --jobs``)."""
     out = RUNS / f"fair-{dataset}-{model}"
     grid = GRIDS[model]
 
@@ -152,7 +154,7 @@ def tune(
 
     def swept(grid: dict[str, list[str]], seeds: str) -> pd.DataFrame:
         # --seeds is a count (1 = seed 421, 3 = seeds 421-423) or a list with commas
-        csv = sweep(data, model, grid, seeds, out, extra)
+        csv = sweep(data, model, grid, seeds, out, extra, jobs)
         fair_ledger.record(out)
         return pd.read_csv(csv, dtype={k: str for k in grid})
 
@@ -309,6 +311,13 @@ def main() -> None:
         "runs are then a variant of their own, fair_table_<dataset>-<settings>.",
     )
     parser.add_argument(
+        "--jobs",
+        type=int,
+        default=1,
+        help="Runs at a time, the cores shared out (diffmm sweep --jobs); the numbers do "
+        "not depend on it.",
+    )
+    parser.add_argument(
         "--record-only",
         action="store_true",
         help="Keep the listed models' finished runs in results/fair_runs (for runs that "
@@ -349,7 +358,7 @@ def main() -> None:
     )
     results = {m: {"revision": saved["revision"], **r} for m, r in saved.get("models", {}).items()}
     for model in args.models.split(","):
-        tuned = tune(data, name, model, meta["revision"], args.set)
+        tuned = tune(data, name, model, meta["revision"], args.set, args.jobs)
         results[model] = {**tuned, "revision": meta["revision"], "command": meta["command"]}
     versus = against_reference(name, results, meta["revision"])
     result = {**meta, "models": results, "versus_" + REFERENCE: versus}

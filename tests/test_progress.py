@@ -185,7 +185,7 @@ class _Terminal(io.StringIO):
 
 
 def test_the_runs_bar_counts_finished_runs_on_a_terminal(monkeypatch):
-    from diffmm.experiments import runs_bar
+    from diffmm.runner import runs_bar
 
     terminal = _Terminal()
     monkeypatch.setattr(sys, "stderr", terminal)
@@ -198,7 +198,7 @@ def test_the_runs_bar_counts_finished_runs_on_a_terminal(monkeypatch):
 
 
 def test_no_runs_bar_off_a_terminal(capsys):
-    from diffmm.experiments import runs_bar
+    from diffmm.runner import runs_bar
 
     with runs_bar(["a", "b"]) as bar:
         assert list(bar) == ["a", "b"]

@@ -25,12 +25,8 @@ started again after a crash and only the missing work is done.
 from __future__ import annotations
 
 import json
-import logging
-import os
 import re
 import statistics
-import subprocess
-import sys
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,11 +35,11 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from diffmm import logs
 from diffmm.config import RunConfig, TrainConfig, presets_of, resolve_config, setting_names
 from diffmm.data.options import TableOptions
 from diffmm.errors import ConfigError
 from diffmm.models import get_model_class, model_names
+from diffmm.runner import run_all
 from diffmm.sparsity import DEFAULT_GROUPS, sparsity_study, write_sparsity
 from diffmm.sweep import parse_grid, run_sweep
 from diffmm.utils import atomic_write_bytes
@@ -59,8 +55,6 @@ __all__ = [
     "sparsity_study",
     "write_sparsity",
 ]
-
-logger = logging.getLogger(__name__)
 
 #: Metrics of the tables, at each of a run's cut-offs (``hit@k`` is in each run's files).
 TABLE_METRICS = ("recall", "ndcg", "precision")
@@ -183,39 +177,6 @@ class BenchmarkSpec:
         return [*cmd, "--set", "train.progress=false"]
 
 
-def runs_bar(jobs: Sequence[Any]) -> Any:
-    """The overall bar of a benchmark or sweep: iterate it over ``jobs``, one training
-    run each; it counts the finished runs (drawn on a terminal only)."""
-    with logs.progress_bars(True):
-        return logs.bar(jobs, total=len(jobs), desc="runs", unit="run")
-
-
-def _run_one(cmd: list[str], run_dir: Path) -> None:
-    """Train one run in a child process (reuse it if finished, resume it if started); its
-    output goes to ``<run_dir>.output.txt``, a line saying what is done to the log."""
-    if (run_dir / "summary.json").exists():
-        logger.info(f"reusing finished run {run_dir}")
-        return
-    if (run_dir / "config.json").exists():
-        logger.info(f"resuming {run_dir}")
-        cmd = ["train", "--resume", str(run_dir)]
-    else:
-        logger.info("diffmm " + " ".join(cmd))
-    # The command's output goes next to the run: a new run needs an empty directory.
-    output = run_dir.with_name(f"{run_dir.name}.output.txt")
-    run_dir.parent.mkdir(parents=True, exist_ok=True)
-    with output.open("a") as out:
-        done = subprocess.run(
-            [sys.executable, "-m", "diffmm.cli", *cmd],
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            env={**os.environ, "PYTHONUNBUFFERED": "1"},
-        )
-    if done.returncode != 0:
-        tail = "".join(output.read_text().splitlines(True)[-5:])
-        raise ConfigError(f"run {run_dir} failed (exit {done.returncode}):\n{tail}")
-
-
 def _mean_std(values: Sequence[float]) -> tuple[float, float]:
     return float(np.mean(values)), float(np.std(values, ddof=1)) if len(values) > 1 else 0.0
 
@@ -320,8 +281,11 @@ def run_benchmark(
     out: str | Path,
     plots: bool = True,
     groups: Sequence[int] = DEFAULT_GROUPS,
+    jobs: int = 1,
 ) -> pd.DataFrame:
     """Train every model for every seed, then write the tables and plots; returns the summary.
+
+    ``jobs`` runs train at a time, sharing the cores (:func:`diffmm.runner.run_all`).
 
     A line per run goes to the ``diffmm.experiments`` logger, and an overall bar counts
     the finished runs.
@@ -332,11 +296,8 @@ def run_benchmark(
 
     spec.validate()
     out = Path(out)
-    jobs = [(model, seed) for model in spec.models for seed in spec.seeds]
-    with runs_bar(jobs) as bar:
-        for model, seed in bar:
-            run_dir = out / "runs" / f"{model}-seed{seed}"
-            _run_one(spec.command(model, seed, run_dir), run_dir)
+    dirs = {(m, s): out / "runs" / f"{m}-seed{s}" for m in spec.models for s in spec.seeds}
+    run_all([(spec.command(m, s, d), d) for (m, s), d in dirs.items()], jobs)
     runs = collect(out, spec)
     table = summarise(runs)
     shared, labels = _shared_metric(table)

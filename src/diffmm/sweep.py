@@ -67,15 +67,19 @@ def run_sweep(
     grid: dict[str, list[str]],
     out: str | Path,
     plots: bool = True,
+    jobs: int = 1,
 ) -> pd.DataFrame:
     """Train ``spec.models[0]`` for every point of ``grid``; select on validation.
+
+    ``jobs`` runs train at a time, sharing the cores (:func:`diffmm.runner.run_all`).
 
     Writes ``sweep.md``, ``sweep.csv`` and a plot (a line per split for a 1-d grid, heat
     maps of the validation and test metric for a 2-d grid). The metric is the runs'
     ``train.metric``; the table also has test Recall and NDCG at its cut-off.
     """
     from diffmm import plots as figures
-    from diffmm.experiments import BenchmarkSpec, Protocol, _run_one, runs_bar
+    from diffmm.experiments import BenchmarkSpec, Protocol
+    from diffmm.runner import run_all
 
     out = Path(out)
     (model,) = spec.models
@@ -97,28 +101,30 @@ def run_sweep(
     (metric,) = metrics
     k = metric.partition("@")[2]
     shown = list(dict.fromkeys([metric, f"recall@{k}", f"ndcg@{k}"]))  # all evaluated
+    runs_of = []
+    for point, point_spec in points:
+        label = ",".join(f"{n}={v}" for n, v in point.items()).replace("/", "_")
+        for seed in spec.seeds:
+            run_dir = out / "runs" / f"{label}-seed{seed}"
+            runs_of.append((point, seed, point_spec.command(model, seed, run_dir), run_dir))
+    run_all([(cmd, run_dir) for _, _, cmd, run_dir in runs_of], jobs)
     rows = []
-    jobs = [(point, point_spec, seed) for point, point_spec in points for seed in spec.seeds]
-    with runs_bar(jobs) as bar:
-        for point, point_spec, seed in bar:
-            label = ",".join(f"{n}={v}" for n, v in point.items())
-            run_dir = out / "runs" / f"{label.replace('/', '_')}-seed{seed}"
-            _run_one(point_spec.command(model, seed, run_dir), run_dir)
-            if Protocol.of(run_dir).metric != metric:  # a finished run reused from elsewhere
-                raise ConfigError(
-                    f"{run_dir} was selected on validation {Protocol.of(run_dir).metric}, "
-                    f"not {metric}: remove it or sweep into another --out"
-                )
-            summary = json.loads((run_dir / "summary.json").read_text())
-            rows.append(
-                {
-                    **point,
-                    "seed": seed,
-                    f"valid_{metric}": summary["valid"].get(metric, np.nan),
-                    **{f"test_{m}": summary["test"][m] for m in shown},
-                    "best_epoch": summary["best_epoch"],
-                }
+    for point, seed, _, run_dir in runs_of:
+        if Protocol.of(run_dir).metric != metric:  # a finished run reused from elsewhere
+            raise ConfigError(
+                f"{run_dir} was selected on validation {Protocol.of(run_dir).metric}, "
+                f"not {metric}: remove it or sweep into another --out"
             )
+        summary = json.loads((run_dir / "summary.json").read_text())
+        rows.append(
+            {
+                **point,
+                "seed": seed,
+                f"valid_{metric}": summary["valid"].get(metric, np.nan),
+                **{f"test_{m}": summary["test"][m] for m in shown},
+                "best_epoch": summary["best_epoch"],
+            }
+        )
     valid, test = f"valid_{metric}", f"test_{metric}"
     runs = pd.DataFrame(rows)
     table = runs.groupby(names, sort=False).mean(numeric_only=True).reset_index()

@@ -320,6 +320,7 @@ class Trainer:
             "model": model.name,
             "dataset": self.dataset.name,
             "device": str(self.device),
+            "threads": torch.get_num_threads(),  # what seconds_per_epoch ran on
             "best_epoch": best_epoch,
             "selection": {"metric": cfg.metric, "split": "valid" if self.has_valid else None},
             "selected_by": selected_by,

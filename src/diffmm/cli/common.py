@@ -237,6 +237,17 @@ def group_bounds(groups: str) -> list[int]:
 #: A bare ``--seeds N`` above this is refused: it was meant as a seed, not N runs.
 MAX_SEED_COUNT = 100
 
+#: ``--jobs`` of ``benchmark`` and ``sweep``: how many training runs go side by side.
+jobs_option = click.option(
+    "--jobs",
+    "-j",
+    type=click.IntRange(min=1),
+    default=1,
+    show_default=True,
+    help="Training runs at a time, each in its own process with its share of the cores "
+    "as threads (OMP_NUM_THREADS, unless you set it); finished runs are reused.",
+)
+
 
 def seed_list(seeds: str) -> list[int]:
     """``--seeds``: a count (3 = 421,422,423) or a comma-separated list."""

@@ -14,6 +14,7 @@ from diffmm.cli.common import (
     DataSource,
     data_options,
     group_bounds,
+    jobs_option,
     seed_list,
     user_errors,
 )
@@ -44,6 +45,7 @@ from diffmm.cli.common import (
 @click.option("--out", "out", required=True, type=OUT_DIR, help="Folder for runs, tables, plots.")
 @click.option("--groups", default="0,5,10,20", show_default=True, help=GROUPS_HELP)
 @click.option("--no-plots", is_flag=True, help="Skip the PNG plots.")
+@jobs_option
 @user_errors
 def benchmark(
     models: str,
@@ -54,6 +56,7 @@ def benchmark(
     source: DataSource,
     groups: str,
     no_plots: bool,
+    jobs: int,
 ) -> None:
     """Train several models over seeds; write a Markdown/CSV table, plots, a sparsity study."""
     from diffmm.experiments import BenchmarkSpec, markdown_table, run_benchmark
@@ -71,6 +74,7 @@ def benchmark(
         out,
         plots=not no_plots,
         groups=group_bounds(groups),
+        jobs=jobs,
     )
     click.echo(markdown_table(table))
     click.echo(f"\nwritten to {out}/results.md, results.csv", err=True)
@@ -93,6 +97,7 @@ def benchmark(
 @click.option("--preset", default=None, help="Named settings the grid starts from.")
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Fixed settings.")
 @click.option("--out", "out", required=True, type=OUT_DIR, help="Folder for runs, table, plot.")
+@jobs_option
 @user_errors
 def sweep(
     model: str,
@@ -102,6 +107,7 @@ def sweep(
     overrides: tuple[str, ...],
     out: Path,
     source: DataSource,
+    jobs: int,
 ) -> None:
     """Train a model over a grid of settings; choose on validation, report test too."""
     from diffmm.experiments import BenchmarkSpec, parse_grid, run_sweep
@@ -114,7 +120,7 @@ def sweep(
         **source.spec_fields(),
     )
     spec.validate()
-    run_sweep(spec, parse_grid(grid), out)
+    run_sweep(spec, parse_grid(grid), out, jobs=jobs)
     click.echo((out / "sweep.md").read_text())
 
 
