@@ -72,6 +72,17 @@ OPTIONS["linear-keep"] = [*OPTIONS["linear"][:-1], "train.reuse_freed_memory_mb=
 PHASES = ("diffusion", "graphs", "recommender", "eval")
 
 
+def settings_of(options: str) -> list[str]:
+    """The settings of an option set: a name of :data:`OPTIONS`, or a name followed by
+    ``+KEY=VALUE`` changes (``linear+train.reuse_freed_memory_mb=256``), each replacing
+    the set's own value of that key or added to it."""
+    name, *changes = options.split("+")
+    if name not in OPTIONS:
+        raise SystemExit(f"--options {options}: {name!r} is not one of {', '.join(OPTIONS)}")
+    keys = {c.partition("=")[0] for c in changes}
+    return [s for s in OPTIONS[name] if s.partition("=")[0] not in keys] + changes
+
+
 def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
@@ -202,7 +213,7 @@ def measure(size: str, options: str, budget: int) -> dict[str, Any]:
         sys.executable,
         __file__,
         "--child",
-        json.dumps([n_users, n_items, OPTIONS[options], budget]),
+        json.dumps([n_users, n_items, settings_of(options), budget]),
     ]
     env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "2")}
     out = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=REPO)
@@ -211,7 +222,7 @@ def measure(size: str, options: str, budget: int) -> dict[str, Any]:
             "users": n_users,
             "items": n_items,
             "processes": 1,
-            "options": OPTIONS[options],
+            "options": settings_of(options),
             "failed": out.stderr.strip().splitlines()[-1:],
             "peak_rss_mb": None,
         }
@@ -230,7 +241,7 @@ def train_epoch(size: str, processes: int, options: str = "off", seed: int = 421
         out = Path(tmp) / "run"
         train = ["train", "--model", "diffmm", "--data", spec, "--out", str(out)]
         sets = ["train.epochs=1", f"train.seed={seed}", "train.progress=false"]
-        sets += OPTIONS[options]
+        sets += settings_of(options)
         args = [*train, *(x for s in sets for x in ("--set", s))]
         if processes == 1:
             cmd = [str(bin_dir / "diffmm"), *args]
@@ -251,7 +262,7 @@ def train_epoch(size: str, processes: int, options: str = "off", seed: int = 421
             "items": n_items,
             "interactions": sum(split["nnz"] for split in splits.values()),
             "processes": processes,
-            "options": OPTIONS[options],
+            "options": settings_of(options),
             "option_set": options,
             "whole_epoch": True,
             "command": shlex.join(cmd)
@@ -379,7 +390,11 @@ def growth_lines(rows: list[dict[str, Any]], small=(50_000, 20_000), large=(200_
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--sizes", default=",".join(SIZES), help="USERSxITEMS,...")
-    parser.add_argument("--options", default="off,on", help="Option sets: off, on, linear.")
+    parser.add_argument(
+        "--options",
+        default="off,on",
+        help="Option sets: off, on, linear, linear-keep, each with optional +KEY=VALUE changes.",
+    )
     parser.add_argument("--budget", type=int, default=8, help="Batches per part at most.")
     parser.add_argument("--processes-size", default="10000x5000", help="'' to skip.")
     parser.add_argument(
@@ -389,7 +404,9 @@ def main() -> None:
         help="Also train one whole epoch at this size with --epoch-options (diffmm train).",
     )
     parser.add_argument(
-        "--epoch-options", default="linear", help="Option sets of --epoch-size, comma-separated."
+        "--epoch-options",
+        default="linear",
+        help="Option sets of --epoch-size, comma-separated (as --options).",
     )
     parser.add_argument("--report-only", action="store_true", help="Rewrite scale.md.")
     parser.add_argument("--child", help=argparse.SUPPRESS)

@@ -67,6 +67,17 @@ def test_the_scale_benchmarks_linear_set_is_the_large_preset():
     assert preset.train == spelled.train and preset.params == spelled.params
 
 
+def test_a_scale_option_set_can_change_one_of_its_settings():
+    import scale
+
+    changed = scale.settings_of("linear+train.reuse_freed_memory_mb=256+train.seed=7")
+    assert changed[: len(scale.OPTIONS["linear"]) - 1] == scale.OPTIONS["linear"][:-1]
+    assert changed[-2:] == ["train.reuse_freed_memory_mb=256", "train.seed=7"]
+    assert scale.settings_of("off") == []
+    with pytest.raises(SystemExit, match="'nope' is not one of"):
+        scale.settings_of("nope+train.seed=1")
+
+
 def test_variant_names_can_be_given_to_variants():
     """--variants is comma-separated: a name with a comma could never be chosen."""
     assert all("," not in name for name in diffmm_tiktok.VARIANTS)
