@@ -187,3 +187,13 @@ def test_a_sweep_on_data_without_validation_is_one_line(tmp_path):
     )  # fmt: skip
     assert result.exit_code == 2 and "Traceback" not in result.output
     assert "no sweep point has a validation recall@20" in result.output
+
+
+def test_a_sweep_refuses_a_run_selected_on_another_metric_before_training_any(tmp_path):
+    args = ["sweep", "--data", DATA, "--model", "mf", "--set", "train.epochs=1"]
+    first = invoke(*args, "--grid", "l2_weight=0.1", "--set", "train.metric=ndcg@20",
+                   "--out", str(tmp_path))  # fmt: skip
+    assert first.exit_code == 0, first.output
+    again = invoke(*args, "--grid", "l2_weight=0.01,0.1", "--out", str(tmp_path))
+    assert again.exit_code == 2 and "selected on validation ndcg@20, not recall@20" in again.output
+    assert not (tmp_path / "runs" / "l2_weight=0.01-seed421").exists()  # nothing trained

@@ -107,14 +107,15 @@ def run_sweep(
         for seed in spec.seeds:
             run_dir = out / "runs" / f"{label}-seed{seed}"
             runs_of.append((point, seed, point_spec.command(model, seed, run_dir), run_dir))
-    run_all([(cmd, run_dir) for _, _, cmd, run_dir in runs_of], jobs)
-    rows = []
-    for point, seed, _, run_dir in runs_of:
-        if Protocol.of(run_dir).metric != metric:  # a finished run reused from elsewhere
+    for *_, run_dir in runs_of:  # a run reused or resumed from elsewhere: before any trains
+        if (run_dir / "config.json").exists() and Protocol.of(run_dir).metric != metric:
             raise ConfigError(
                 f"{run_dir} was selected on validation {Protocol.of(run_dir).metric}, "
                 f"not {metric}: remove it or sweep into another --out"
             )
+    run_all([(cmd, run_dir) for _, _, cmd, run_dir in runs_of], jobs)
+    rows = []
+    for point, seed, _, run_dir in runs_of:
         summary = json.loads((run_dir / "summary.json").read_text())
         rows.append(
             {
