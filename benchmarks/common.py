@@ -207,10 +207,12 @@ def phase_medians(log: list[dict[str, Any]]) -> dict[str, float]:
     return out
 
 
-def ml100k_features(folder: Path, text: bool) -> Path:
-    """MovieLens-100K's genre features (multi-hot) and, with ``text``, a sentence
-    embedding of title + genres (needs the [text] extra and its model), under ``folder``,
-    computed once by ``diffmm features``."""
+def ml100k_features(text: bool) -> Path:
+    """A folder of MovieLens-100K's genre features (multi-hot) and, with ``text``, a
+    sentence embedding of title + genres (needs the [text] extra and its model), computed
+    once by ``diffmm features``. ``--features`` reads every file of its folder, so the two
+    sets live in folders of their own."""
+    folder = RUNS / ("ml100k-features-text" if text else "ml100k-features")
     items = require_dataset("ml-100k") / "ml-100k.item"
     exe = str(Path(sys.executable).with_name("diffmm"))
     if text and not (folder / "text.features.npz").exists():

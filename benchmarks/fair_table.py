@@ -103,10 +103,11 @@ def sweep(
     return out / "sweep.csv"
 
 
-def label(dataset: str, extra: list[str]) -> str:
-    """The name of a table and its runs: the dataset, then each of ``extra``'s settings
-    (``tiktok-embedding_dim=128``), so that a variant never reuses the plain table's runs."""
-    return "-".join([dataset, *map(slug, extra)])
+def label(dataset: str, extra: list[str], text: bool = False) -> str:
+    """The name of a table and its runs: the dataset, ``text`` if its items also have text
+    features, then each of ``extra``'s settings (``tiktok-embedding_dim=128``), so that a
+    variant never reuses the plain table's runs."""
+    return "-".join([dataset, *(["text"] if text else []), *map(slug, extra)])
 
 
 def run_dir(dataset: str, model: str, point: dict[str, str], seed: int) -> Path:
@@ -324,7 +325,9 @@ def main() -> None:
         "another command trained), training nothing.",
     )
     args = parser.parse_args()
-    name = label(args.dataset, args.set)
+    if args.text and args.dataset != "ml100k":
+        parser.error(f"--text: only ml100k has item texts here, not {args.dataset}")
+    name = label(args.dataset, args.set, text=args.text)
     stem = RESULTS / f"fair_table_{name}"
     if args.record_only:
         for model in args.models.split(","):
@@ -339,7 +342,7 @@ def main() -> None:
         write(stem.with_suffix(".md"), markdown(saved, saved["models"], versus))
         return
     if args.dataset == "ml100k":  # a table: --data names the file, features come apart
-        features = ml100k_features(RUNS / "ml100k-features", text=args.text)
+        features = ml100k_features(text=args.text)
         inter = require_dataset("ml-100k") / "ml-100k.inter"
         data = ["--data", repo_path(inter), "--features", repo_path(features)]
     else:

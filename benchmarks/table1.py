@@ -68,7 +68,7 @@ def main() -> None:
     cmd = ["benchmark", "--models", args.models, "--seeds", args.seeds, "--out", repo_path(out)]
     if args.dataset == "ml100k":
         data = require_dataset("ml-100k") / "ml-100k.inter"
-        features = ml100k_features(RUNS / "ml100k-features", text=True)
+        features = ml100k_features(text=True)
         cmd += ["--data", repo_path(data), "--features", repo_path(features)]
     else:
         cmd += ["--data", repo_path(require_dataset(args.dataset))]

@@ -197,6 +197,10 @@ def test_a_variant_of_the_fair_table_names_its_settings_and_never_reuses_the_pla
     assert fair_table.label("tiktok", []) == "tiktok"  # the plain table keeps its files
     variant = fair_table.label("tiktok", ["embedding_dim=128", "a B/c=1"])
     assert variant == "tiktok-embedding_dim=128-a-b-c=1"  # a file name, no folders
+    # text features are other inputs: their runs are not the genre-only table's
+    assert fair_table.label("ml100k", ["embedding_dim=128"], text=True) == (
+        "ml100k-text-embedding_dim=128"
+    )
     point = {"train.lr": "0.002"}
     plain, other = (fair_table.run_dir(d, "vbpr", point, 421) for d in ("tiktok", variant))
     assert plain != other and plain.name == other.name == "train.lr=0.002-seed421"
