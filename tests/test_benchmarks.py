@@ -177,6 +177,23 @@ def test_diffmm_is_paired_with_a_baseline_by_seed_and_by_user(monkeypatch):
     assert missing["per_user"] is None and missing["mean_diff"] == pytest.approx(0.15)
 
 
+def test_diffmms_configuration_is_chosen_on_validation_among_the_complete_ones():
+    import significance
+
+    def runs(valid, test, seeds=(421, 422, 423)):
+        return {s: {"valid": valid, "recall": test} for s in seeds}
+
+    candidates = {
+        "preset": runs(0.10, 0.12),  # the better test plays no part
+        "fair grid": runs(0.11, 0.09),
+        "half done": runs(0.50, 0.50, seeds=(421,)),  # not every seed yet: not a candidate
+    }
+    chosen, valid = significance.chosen_diffmm(candidates)
+    assert chosen == "fair grid" and valid == pytest.approx({"preset": 0.10, "fair grid": 0.11})
+    with pytest.raises(SystemExit, match="no DiffMM configuration"):
+        significance.chosen_diffmm({"half done": candidates["half done"]})
+
+
 def test_a_choice_at_the_edge_of_the_grid_is_flagged():
     fair_table = pytest.importorskip("fair_table")  # needs pandas (the [dev] extra)
 
