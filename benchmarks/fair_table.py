@@ -65,6 +65,12 @@ GRIDS: dict[str, dict[str, list[str]]] = {
     "diffmm": {**LR_L2, "l2_weight": decades(DiffMMConfig.model_fields["l2_weight"].default)},
 }
 SEEDS = (421, 422, 423)  # what `--seeds 3` trains
+#: What a table's items carry, by (dataset, --text), as its report says.
+FEATURES = {
+    ("tiktok", False): "visual and acoustic (the dataset's own)",
+    ("ml100k", False): "genres (multi-hot)",
+    ("ml100k", True): "genres (multi-hot) and text (all-MiniLM-L6-v2 embedding of title + genres)",
+}
 #: The ID-only model every other one is paired with: what content or a graph must beat.
 REFERENCE = "mf"
 #: A grid whose best point lies on its edge is extended by one step past that edge, at
@@ -225,6 +231,7 @@ def markdown(meta: dict[str, Any], results: dict[str, Any], versus: dict[str, An
             if meta.get("sets")
             else []
         ),
+        *([f"Item features: {meta['features']}.", ""] if meta.get("features") else []),
         f"Last command: `{meta['command']}` (earlier ones tuned the models of other "
         f"revisions in the table); revision `{meta['revision']}`; machine "
         f"{meta['machine']['cpu']}, {meta['machine']['cores']} cores, {meta['machine']['date']}.",
@@ -336,6 +343,7 @@ def main() -> None:
         return
     if args.report_only:
         saved = json.loads(stem.with_suffix(".json").read_text())
+        saved.setdefault("features", FEATURES.get((args.dataset, args.text)))
         versus = against_reference(name, saved["models"], saved["revision"])
         saved["versus_" + REFERENCE] = versus
         write(stem.with_suffix(".json"), json.dumps(saved, indent=2) + "\n")
@@ -352,6 +360,7 @@ def main() -> None:
         **provenance(),
         "fixed": FIXED,
         "sets": args.set,
+        "features": FEATURES.get((args.dataset, args.text)),
     }
     # models tuned by an earlier command stay, each with the revision it ran at
     saved = (
