@@ -61,12 +61,13 @@ def chosen_diffmm(
     candidates: dict[str, dict[int, dict[str, Any]]],
 ) -> tuple[str, dict[str, float]]:
     """The configuration with the best mean validation R@20 among the ``candidates`` that
-    have every seed of :data:`HEADLINE_SEEDS` (test chooses nothing), and each complete
-    candidate's mean validation R@20."""
+    have every seed of :data:`HEADLINE_SEEDS` with its validation value (test chooses
+    nothing), and each such candidate's mean validation R@20."""
     complete = {
         name: statistics.fmean(runs[s]["valid"] for s in HEADLINE_SEEDS)
         for name, runs in candidates.items()
         if set(HEADLINE_SEEDS) <= set(runs)
+        and all(runs[s]["valid"] is not None for s in HEADLINE_SEEDS)
     }
     if not complete:
         raise SystemExit(f"no DiffMM configuration has all of seeds {HEADLINE_SEEDS} yet")
@@ -84,7 +85,7 @@ def baseline_runs(
             "name": fair_table.stored_name(dataset, model, run["seed"]),
             "revision": entry.get("revision", revision),
             "recall": run["test"]["recall@20"],
-            "valid": run["valid"]["recall@20"],
+            "valid": run.get("valid", {}).get("recall@20"),  # None: not recorded
         }
         for run in entry["runs"]
     }
