@@ -150,8 +150,8 @@ def chosen_text(meta: dict[str, Any]) -> str:
     shown = CONFIGURATIONS[meta["diffmm"]].format(dataset=meta["dataset"])
     if len(valid) == 1:
         return f"{shown}, its only configuration with seeds 421-423 so far"
-    others = ", ".join(f"{name} {v:.4f}" for name, v in valid.items())
-    return f"{shown}, chosen on mean validation Recall@20 over the seeds ({others})"
+    means = ", ".join(f"{name} {v:.4f}" for name, v in valid.items())
+    return f"{shown}, chosen on mean validation Recall@20 over the seeds ({means})"
 
 
 def markdown(meta: dict[str, Any], rows: dict[str, Any]) -> str:
