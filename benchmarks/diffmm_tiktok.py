@@ -31,6 +31,7 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
+import time
 from typing import Any
 
 import ablations
@@ -49,6 +50,7 @@ from common import (
     train_command,
     write_atomic,
 )
+from diffmm.run_lock import RunLock, RunLockedError
 
 #: Variants of the paper's ablation (§3.3), as settings on top of the TikTok preset.
 ABLATIONS: dict[str, list[str]] = {
@@ -386,6 +388,25 @@ def write_reports(records: dict[str, dict[str, Any]]) -> None:
     write_atomic(report, json.dumps(summary, indent=2) + "\n")
 
 
+def recorded(key: str, record: dict[str, Any]) -> dict[str, Any]:
+    """Add ``record`` to the runs file and return every record in it: the file is read
+    again under a lock, so that invocations running side by side keep each other's runs."""
+    RUNS.mkdir(parents=True, exist_ok=True)
+    lock = RunLock(RUNS, ".diffmm_tiktok_runs.lock")
+    while not lock.held:
+        try:
+            lock.acquire()
+        except RunLockedError:
+            time.sleep(1.0)
+    try:
+        records = json.loads(STATE.read_text()) if STATE.exists() else {}
+        records[key] = record
+        write_atomic(STATE, json.dumps(records, indent=2) + "\n")
+    finally:
+        lock.release(remove_file=False)
+    return records
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--seeds", default="421,422,423", help="Seeds of the DiffMM runs.")
@@ -442,10 +463,10 @@ def main() -> None:
         revision = git_revision()  # the code the run starts with
         gflops = gemm_gflops() if variant == SPEED else None
         result = run_training(cmd, run_dir)
-        records[f"{variant}/seed{seed}"] = record_of(result, variant, seed, revision)
+        record = record_of(result, variant, seed, revision)
         if gflops is not None:
-            records[f"{variant}/seed{seed}"]["gemm_gflops_before_run"] = gflops
-        write_atomic(STATE, json.dumps(records, indent=2) + "\n")
+            record["gemm_gflops_before_run"] = gflops
+        records = recorded(f"{variant}/seed{seed}", record)
         write_reports(records)
     if records:
         write_reports(records)

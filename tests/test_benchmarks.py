@@ -323,3 +323,31 @@ def test_finished_fair_runs_are_kept_and_rebuilt_on_a_machine_without_them(tmp_p
     assert per_user.values(finished, "y", "abc", 0.25) is None  # made for another result
     (finished / "summary.json").write_text("{}")  # a directory that exists is the user's
     assert fair_ledger.restore(out) == [] and (finished / "summary.json").read_text() == "{}"
+
+
+def test_a_run_is_added_to_the_runs_file_as_it_is_now_under_its_lock(tmp_path, monkeypatch):
+    import threading
+
+    from diffmm.run_lock import RunLock
+
+    state = tmp_path / "runs.json"
+    monkeypatch.setattr(diffmm_tiktok, "STATE", state)
+    monkeypatch.setattr(diffmm_tiktok, "RUNS", tmp_path)
+    state.write_text(json.dumps({"DiffMM/seed421": {"seed": 421}}))  # another invocation's
+    other = RunLock(tmp_path, ".diffmm_tiktok_runs.lock")
+    other.acquire()
+    done = threading.Event()
+    thread = threading.Thread(
+        target=lambda: (diffmm_tiktok.recorded("w/o CL/seed421", {"seed": 421}), done.set())
+    )
+    thread.start()
+    assert not done.wait(1.5), "wrote the runs file while another invocation held its lock"
+    state.write_text(json.dumps({"DiffMM/seed421": {"seed": 421}, "w/o DM/seed421": {}}))
+    other.release(remove_file=False)
+    thread.join(10)
+    assert done.is_set()
+    assert set(json.loads(state.read_text())) == {
+        "DiffMM/seed421",
+        "w/o DM/seed421",
+        "w/o CL/seed421",
+    }
