@@ -1,9 +1,9 @@
 """DiffMM against the tuned baselines, with confidence intervals (issue 15's README target).
 
-DiffMM's runs are chosen on validation between its two tuned configurations, each with
-seeds 421-423: the TikTok preset (``diffmm_tiktok.py``, the authors' settings) and the
-point its fair-table grid chose (``fair_table.py``), by mean validation Recall@20 over the
-seeds. They are paired with each baseline's confirmation runs of the fair table (the
+DiffMM's runs are chosen on validation between its tuned configurations, each with
+seeds 421-423: on the plain TikTok table, the TikTok preset (``diffmm_tiktok.py``, the
+authors' settings) and the point its fair-table grid chose (``fair_table.py``), by mean
+validation Recall@20 over the seeds; on any other fair table, its grid's point. They are paired with each baseline's confirmation runs of the fair table (the
 model's grid point chosen on validation, the same seeds), on validation-selected test
 Recall@20, two ways as in the ablations (``ablations.py``):
 
@@ -18,6 +18,7 @@ validation Recall@20 over its seeds (test chooses nothing).
 Writes ``benchmarks/results/significance_<dataset>.{md,json}``.
 
     python benchmarks/significance.py --dataset tiktok
+    python benchmarks/significance.py --dataset ml100k-text   # any fair table's name
 """
 
 from __future__ import annotations
@@ -149,7 +150,7 @@ def chosen_text(meta: dict[str, Any]) -> str:
     valid = meta["diffmm_valid_recall@20"]
     shown = CONFIGURATIONS[meta["diffmm"]].format(dataset=meta["dataset"])
     if len(valid) == 1:
-        return f"{shown}, its only configuration with seeds 421-423 so far"
+        return f"{shown}, its only configuration with seeds 421-423 here"
     means = ", ".join(f"{name} {v:.4f}" for name, v in valid.items())
     return f"{shown}, chosen on mean validation Recall@20 over the seeds ({means})"
 
@@ -190,19 +191,38 @@ def markdown(meta: dict[str, Any], rows: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def candidates_of(table: str, saved: dict[str, Any]) -> dict[str, dict[int, dict[str, Any]]]:
+    """DiffMM's tuned configurations for the fair table ``table`` (``saved``, its JSON):
+    the TikTok preset's runs for the plain TikTok table only (they are its data and its
+    settings), and the table's own DiffMM point where it has one."""
+    candidates = {"preset": preset_runs()} if table == "tiktok" else {}
+    if "diffmm" in saved.get("models", {}):
+        fair = saved["models"]["diffmm"]
+        candidates["fair grid"] = baseline_runs(table, "diffmm", fair, saved["revision"])
+    return candidates
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--dataset", default="tiktok", choices=["tiktok"])
+    parser.add_argument(
+        "--dataset",
+        default="tiktok",
+        metavar="TABLE",
+        help="A fair table's name, as in results/fair_table_<TABLE>.json (tiktok, "
+        "ml100k-text, ...).",
+    )
     args = parser.parse_args()
     table = RESULTS / f"fair_table_{args.dataset}.json"
-    saved = json.loads(table.read_text()) if table.exists() else {}
-    models = dict(saved.get("models", {}))
-    candidates = {"preset": preset_runs()}
-    if "diffmm" in models:
-        fair = models.pop("diffmm")
-        candidates["fair grid"] = baseline_runs(args.dataset, "diffmm", fair, saved["revision"])
+    if not table.exists():
+        known = sorted(
+            p.stem.removeprefix("fair_table_") for p in RESULTS.glob("fair_table_*.json")
+        )
+        parser.error(f"no fair table {table.name}; run fair_table.py first, or pick one of {known}")
+    saved = json.loads(table.read_text())
+    candidates = candidates_of(args.dataset, saved)
     chosen, valid_means = chosen_diffmm(candidates)
     diffmm = candidates[chosen]
+    models = {m: e for m, e in saved.get("models", {}).items() if m != "diffmm"}
     rows = {}
     for model, entry in models.items():
         row = versus(diffmm, baseline_runs(args.dataset, model, entry, saved["revision"]))

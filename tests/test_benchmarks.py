@@ -351,3 +351,21 @@ def test_a_run_is_added_to_the_runs_file_as_it_is_now_under_its_lock(tmp_path, m
         "w/o DM/seed421",
         "w/o CL/seed421",
     }
+
+
+def test_the_tiktok_preset_is_a_candidate_on_the_plain_tiktok_table_only(monkeypatch):
+    import significance
+
+    preset = {s: {"valid": 0.2, "recall": 0.2} for s in (421, 422, 423)}
+    monkeypatch.setattr(significance, "preset_runs", lambda: preset)
+    runs = [
+        {"seed": s, "test": {"recall@20": 0.3}, "valid": {"recall@20": 0.1}}
+        for s in (421, 422, 423)
+    ]
+    saved = {"revision": "r", "models": {"diffmm": {"chosen": {"train.lr": "0.002"}, "runs": runs}}}
+    assert set(significance.candidates_of("tiktok", saved)) == {"preset", "fair grid"}
+    for other in ("ml100k-text", "tiktok-embedding_dim=128"):  # other data or settings
+        grid = significance.candidates_of(other, saved)
+        assert list(grid) == ["fair grid"] and grid["fair grid"][421]["valid"] == 0.1
+        assert grid["fair grid"][421]["run_dir"].parent.parent.name == f"fair-{other}-diffmm"
+    assert significance.candidates_of("ml100k", {"revision": "r", "models": {}}) == {}
