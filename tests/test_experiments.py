@@ -99,9 +99,11 @@ def test_benchmark_tables_and_plots_follow_each_runs_metric_and_ks(tmp_path):
     assert "| 0-10 (ndcg@20) |" in sparsity and "Recall per group is in sparsity.csv" in sparsity
     for png in ("valid_recall.png", "test_recall.png", "sparsity.png"):
         assert (tmp_path / png).read_bytes().startswith(PNG)
-    # The mf run is reused, and its protocol read from its config.json: the table shows
-    # the union of the models' cut-offs, "–" where a model's runs have none.
-    spec = BenchmarkSpec(DATA, ["mf", "lightgcn"], [421], sets=["train.epochs=1"])
+    # The mf run is reused (the same settings, scoped to mf now), and its protocol read
+    # from its config.json: the table shows the union of the models' cut-offs, "–" where
+    # a model's runs have none.
+    sets = ["mf.train.ks=[20]", "mf.train.metric=ndcg@20", "mf.train.epochs=2"]
+    spec = BenchmarkSpec(DATA, ["mf", "lightgcn"], [421], sets=[*sets, "lightgcn.epochs=1"])
     table = run_benchmark(spec, tmp_path, plots=False).set_index("model")
     assert {"recall@10", "recall@20", "ndcg@10"} <= set(table.columns)
     assert pd.isna(table.loc["mf", "recall@10"]) and not pd.isna(table.loc["lightgcn", "ndcg@10"])
@@ -197,3 +199,42 @@ def test_a_sweep_refuses_a_run_selected_on_another_metric_before_training_any(tm
     again = invoke(*args, "--grid", "l2_weight=0.01,0.1", "--out", str(tmp_path))
     assert again.exit_code == 2 and "selected on validation ndcg@20, not recall@20" in again.output
     assert not (tmp_path / "runs" / "l2_weight=0.01-seed421").exists()  # nothing trained
+
+
+def test_a_sweep_refuses_a_run_of_another_model_or_settings_before_training_any(tmp_path):
+    args = ["sweep", "--data", DATA, "--set", "train.epochs=1", "--out", str(tmp_path)]
+    first = invoke(*args, "--model", "mf", "--set", "embedding_dim=8", "--grid", "lr=0.01")
+    assert first.exit_code == 0, first.output
+    for other in (
+        ["--model", "lightgcn", "--set", "embedding_dim=8", "--grid", "lr=0.01,0.02"],
+        ["--model", "mf", "--set", "embedding_dim=16", "--grid", "lr=0.01,0.02"],
+    ):
+        again = invoke(*args, *other)
+        assert again.exit_code == 2 and "Traceback" not in again.output, again.output
+        assert "lr=0.01-seed421 holds a run with other settings" in again.output
+        assert not (tmp_path / "runs" / "lr=0.02-seed421").exists()  # nothing trained
+    # what only says how a run goes on a machine may differ: the run is reused
+    same = invoke(*args, "--model", "mf", "--set", "embedding_dim=8", "--grid", "lr=0.01",
+                  "--set", "train.eval_batch_size=7")  # fmt: skip
+    assert same.exit_code == 0 and "reusing finished run" in same.output, same.output
+
+
+def test_a_benchmark_refuses_a_run_on_other_data_before_training_any(tmp_path):
+    args = ["benchmark", "--models", "mf", "--seeds", "1", "--set", "train.epochs=1",
+            "--no-plots", "--out", str(tmp_path)]  # fmt: skip
+    assert invoke(*args, "--data", DATA).exit_code == 0
+    other = invoke(*args, "--data", DATA.replace("n_users=120", "n_users=100"))
+    assert other.exit_code == 2 and "Traceback" not in other.output, other.output
+    assert "mf-seed421 holds a run on other data than synthetic:n_users=100" in other.output
+
+
+def test_settings_that_say_how_a_run_goes_do_not_make_another_run():
+    from diffmm.reuse import config_differences
+
+    base = resolve_config("mf", None, None, ["train.seed=1"])
+    how = ["train.progress=false", "train.device=cpu", "train.tensorboard=true"]
+    moved = resolve_config("mf", None, None, ["train.seed=1", *how])
+    assert config_differences(base, moved) == []
+    other = resolve_config("mf", None, None, ["train.seed=2", "l2_weight=0.5"])
+    found = config_differences(base, other)
+    assert len(found) == 2 and found[1].startswith("train.seed: 1 in the run, 2 asked")

@@ -251,7 +251,8 @@ class RunDir:
         self.check_fingerprint(dataset)
         return dataset
 
-    def _fingerprint(self) -> dict[str, Any]:
+    def fingerprint(self) -> dict[str, Any]:
+        """The fingerprint of the data the run was trained on (``dataset.json``)."""
         expected = _read_object(self.path / DATASET, ("fingerprint",))["fingerprint"]
         if not isinstance(expected, dict) or not isinstance(expected.get("splits"), dict):
             raise DataError(
@@ -261,7 +262,7 @@ class RunDir:
 
     def check_fingerprint(self, dataset: Dataset) -> None:
         """Raise DataError if ``dataset`` is not the data the run was trained on."""
-        expected, actual = self._fingerprint(), dataset.fingerprint()
+        expected, actual = self.fingerprint(), dataset.fingerprint()
         if data_digest(expected) == data_digest(actual):
             return
         diffs = [
@@ -337,7 +338,7 @@ class RunDir:
 
     # ------------------------------------------------------------------ checkpoints
     def _identity(self) -> dict[str, Any]:
-        return {"run_id": self.run_id(), "data": data_digest(self._fingerprint())}
+        return {"run_id": self.run_id(), "data": data_digest(self.fingerprint())}
 
     def save(self, name: str, state: dict[str, Any]) -> None:
         """Write checkpoint ``name`` (``last.pt`` or ``best.pt``) with the run's identity."""

@@ -39,6 +39,7 @@ from diffmm.config import RunConfig, TrainConfig, presets_of, resolve_config, se
 from diffmm.data.options import TableOptions
 from diffmm.errors import ConfigError
 from diffmm.models import get_model_class, model_names
+from diffmm.reuse import refuse_other_runs
 from diffmm.runner import run_all
 from diffmm.sparsity import DEFAULT_GROUPS, sparsity_study, write_sparsity
 from diffmm.sweep import parse_grid, run_sweep
@@ -162,6 +163,22 @@ class BenchmarkSpec:
         """The preset if ``model`` has one of that name, else None (its defaults)."""
         return self.preset if self.preset in presets_of(model) else None
 
+    def _run_sets(self, model: str, seed: int) -> list[str]:
+        return [*self._for_resolve(model), f"train.seed={seed}", "train.progress=false"]
+
+    def run_config(self, model: str, seed: int) -> RunConfig:
+        """The configuration of ``model``'s run with ``seed`` (what :meth:`command` trains)."""
+        return resolve_config(model, self.preset_for(model), None, self._run_sets(model, seed))
+
+    def data_fingerprint(self) -> dict[str, Any]:
+        """The fingerprint of the data every run is trained on (loads them)."""
+        from diffmm.data.ref import DataRef
+
+        ref = DataRef.of(
+            self.data, self.split, self.split_seed, self.features, self.table, self.cache_dir
+        )
+        return ref.load().fingerprint()
+
     def command(self, model: str, seed: int, run_dir: Path) -> list[str]:
         cmd = ["train", "--model", model, "--data", self.data, "--out", str(run_dir)]
         cmd += ["--split", self.split, "--split-seed", str(self.split_seed)]
@@ -172,9 +189,9 @@ class BenchmarkSpec:
             cmd += ["--cache-dir", self.cache_dir]
         if self.preset_for(model):
             cmd += ["--preset", self.preset_for(model)]
-        for assignment in [*self._for_resolve(model), f"train.seed={seed}"]:
+        for assignment in self._run_sets(model, seed):
             cmd += ["--set", assignment]
-        return [*cmd, "--set", "train.progress=false"]
+        return cmd
 
 
 def _mean_std(values: Sequence[float]) -> tuple[float, float]:
@@ -297,6 +314,8 @@ def run_benchmark(
     spec.validate()
     out = Path(out)
     dirs = {(m, s): out / "runs" / f"{m}-seed{s}" for m in spec.models for s in spec.seeds}
+    wanted = [(spec.run_config(m, s), d) for (m, s), d in dirs.items()]
+    refuse_other_runs(wanted, spec.data_fingerprint, spec.data)  # before anything trains
     run_all([(spec.command(m, s, d), d) for (m, s), d in dirs.items()], jobs)
     runs = collect(out, spec)
     table = summarise(runs)

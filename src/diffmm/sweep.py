@@ -79,6 +79,7 @@ def run_sweep(
     """
     from diffmm import plots as figures
     from diffmm.experiments import BenchmarkSpec, Protocol
+    from diffmm.reuse import refuse_other_runs
     from diffmm.runner import run_all
 
     out = Path(out)
@@ -101,18 +102,20 @@ def run_sweep(
     (metric,) = metrics
     k = metric.partition("@")[2]
     shown = list(dict.fromkeys([metric, f"recall@{k}", f"ndcg@{k}"]))  # all evaluated
-    runs_of = []
+    runs_of, wanted = [], []
     for point, point_spec in points:
         label = ",".join(f"{n}={v}" for n, v in point.items()).replace("/", "_")
         for seed in spec.seeds:
             run_dir = out / "runs" / f"{label}-seed{seed}"
             runs_of.append((point, seed, point_spec.command(model, seed, run_dir), run_dir))
+            wanted.append((point_spec.run_config(model, seed), run_dir))
     for *_, run_dir in runs_of:  # a run reused or resumed from elsewhere: before any trains
         if (run_dir / "config.json").exists() and Protocol.of(run_dir).metric != metric:
             raise ConfigError(
                 f"{run_dir} was selected on validation {Protocol.of(run_dir).metric}, "
                 f"not {metric}: remove it or sweep into another --out"
             )
+    refuse_other_runs(wanted, spec.data_fingerprint, spec.data)  # before anything trains
     run_all([(cmd, run_dir) for _, _, cmd, run_dir in runs_of], jobs)
     rows = []
     for point, seed, _, run_dir in runs_of:
