@@ -3,9 +3,10 @@
 DiffMM's runs are chosen on validation between its tuned configurations, each with
 seeds 421-423: on the plain TikTok table, the TikTok preset (``diffmm_tiktok.py``, the
 authors' settings) and the point its fair-table grid chose (``fair_table.py``), by mean
-validation Recall@20 over the seeds; on any other fair table, its grid's point. They are paired with each baseline's confirmation runs of the fair table (the
-model's grid point chosen on validation, the same seeds), on validation-selected test
-Recall@20, two ways as in the ablations (``ablations.py``):
+validation Recall@20 over the seeds; on any other fair table, its grid's point. They
+are paired with each baseline's confirmation runs of the fair table (the model's grid
+point chosen on validation, the same seeds), on validation-selected test Recall@20, two
+ways as in the ablations (``ablations.py``):
 
 - over seeds: DiffMM minus the baseline, seed by seed, with a t interval;
 - per user: each run scored per user on test (``diffmm report compare``'s protocol,

@@ -58,7 +58,7 @@ def text_stand_in(folder: Path, n_items: int) -> Path:
     from diffmm.features import write_features
 
     values = np.random.default_rng(0).normal(size=(n_items, TEXT_DIM)).astype(np.float32)
-    write_features(folder, "text", np.arange(n_items), values)
+    write_features(folder, "text", np.arange(n_items), values, overwrite=True)  # seeded
     return folder
 
 

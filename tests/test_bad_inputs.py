@@ -122,6 +122,13 @@ def test_bad_config_file(tmp_path: Path, text: str, needles: list[str]) -> None:
     assert_says(message, *(n.format(f=path) for n in needles))
 
 
+def test_a_config_file_that_is_not_text(tmp_path: Path) -> None:
+    path = tmp_path / "binary.toml"
+    path.write_bytes(b"\xff\xfe model")
+    message = user_error(train_cli(tmp_path, "--config", path))
+    assert_says(message, f"config file {path} is not UTF-8 text")
+
+
 def test_missing_config_file(tmp_path: Path) -> None:
     path = tmp_path / "missing.toml"
     message = user_error(train_cli(tmp_path, "--config", path))

@@ -76,3 +76,25 @@ def test_a_missing_text_column_is_named(tables, tmp_path):
     args = ["features", "multihot", str(items), "--column", "genres", "--out", str(tmp_path)]
     result = CliRunner().invoke(main, args)
     assert result.exit_code == 2 and "no column(s) ['genres']" in result.output
+
+
+def test_an_existing_feature_file_is_replaced_only_with_force(tables, tmp_path):
+    items, _ = tables
+    out = tmp_path / "feats"
+    out.mkdir()
+    mine = out / "genre.features.npz"
+    mine.write_bytes(b"the user's own file")
+    args = ["features", "multihot", str(items), "--column", "class", "--out", str(out)]
+    refused = CliRunner().invoke(main, args)
+    assert refused.exit_code == 2 and "Traceback" not in refused.output
+    assert f"{mine} exists" in refused.output and "--force" in refused.output
+    assert mine.read_bytes() == b"the user's own file"
+    assert CliRunner().invoke(main, [*args, "--force"]).exit_code == 0
+    assert np.load(mine)["features"].shape == (3, 4)
+
+
+def test_an_empty_token_separator_is_refused(tables, tmp_path):
+    items, _ = tables
+    args = ["features", "multihot", str(items), "--column", "class", "--sep", "", "--out"]
+    result = CliRunner().invoke(main, [*args, str(tmp_path)])
+    assert result.exit_code == 2 and "--sep must not be empty" in result.output

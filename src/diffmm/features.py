@@ -95,6 +95,8 @@ def text_features(
 
 def multi_hot_features(df: pd.DataFrame, path: Path, column: str, sep: str = " ") -> np.ndarray:
     """``(n_items, n_tokens)`` float32 multi-hot matrix of the tokens in ``column``."""
+    if not sep:
+        raise ConfigError("--sep must not be empty: give the character between tokens (e.g. '|')")
     (col,) = _columns(df, path, [column])
     dummies = df[col].str.get_dummies(sep=sep)
     if dummies.shape[1] == 0:
@@ -103,12 +105,22 @@ def multi_hot_features(df: pd.DataFrame, path: Path, column: str, sep: str = " "
 
 
 def write_features(
-    out_dir: str | Path, modality: str, item_ids: np.ndarray, values: np.ndarray
+    out_dir: str | Path,
+    modality: str,
+    item_ids: np.ndarray,
+    values: np.ndarray,
+    overwrite: bool = False,
 ) -> Path:
-    """Save ``<out_dir>/<modality>.features.npz``; returns its path."""
+    """Save ``<out_dir>/<modality>.features.npz``; returns its path. An existing file
+    (perhaps the features a trained run reads) is replaced only with ``overwrite``."""
     if not modality or "/" in modality or modality.startswith("."):
         raise ConfigError(f"bad modality name {modality!r}; use a plain name such as 'text'")
     path = Path(out_dir) / f"{modality}.features.npz"
+    if path.exists() and not overwrite:
+        raise ConfigError(
+            f"{path} exists (runs trained with --features {out_dir} read it); pass --force "
+            "to replace it, or another --out or --modality"
+        )
     item_ids = np.asarray(item_ids)
     if item_ids.dtype.kind == "O":  # an object array would need pickle to load
         item_ids = item_ids.astype(str)

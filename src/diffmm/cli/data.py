@@ -65,9 +65,16 @@ def features() -> None:
 @click.option("--modality", default="text", show_default=True, help="Name of the modality.")
 @click.option("--batch-size", default=64, show_default=True, help="Texts encoded at a time.")
 @click.option("--no-cache", is_flag=True, help="Recompute even if cached.")
+@click.option("--force", is_flag=True, help="Replace the modality's file if it exists.")
 @user_errors
 def features_text(
-    items: Path, columns: str, out: Path, modality: str, batch_size: int, no_cache: bool
+    items: Path,
+    columns: str,
+    out: Path,
+    modality: str,
+    batch_size: int,
+    no_cache: bool,
+    force: bool,
 ) -> None:
     """Sentence embeddings (all-MiniLM-L6-v2, offline) of text columns of an item table."""
     from diffmm.features import item_texts, read_item_table, text_features, write_features
@@ -75,7 +82,7 @@ def features_text(
     df, id_col = read_item_table(items)
     texts = item_texts(df, items, [c.strip() for c in columns.split(",") if c.strip()])
     values = text_features(texts, batch_size=batch_size, cache=not no_cache)
-    path = write_features(out, modality, df[id_col].to_numpy(), values)
+    path = write_features(out, modality, df[id_col].to_numpy(), values, overwrite=force)
     click.echo(f"wrote {path} ({values.shape[0]} items x {values.shape[1]})", err=True)
 
 
@@ -85,12 +92,15 @@ def features_text(
 @click.option("--sep", default=" ", show_default=True, help="Token separator.")
 @click.option("--out", "out", required=True, type=OUT_DIR, help="Folder to write into.")
 @click.option("--modality", default="genre", show_default=True, help="Name of the modality.")
+@click.option("--force", is_flag=True, help="Replace the modality's file if it exists.")
 @user_errors
-def features_multihot(items: Path, column: str, sep: str, out: Path, modality: str) -> None:
+def features_multihot(
+    items: Path, column: str, sep: str, out: Path, modality: str, force: bool
+) -> None:
     """A multi-hot vector of the tokens of one column of an item table."""
     from diffmm.features import multi_hot_features, read_item_table, write_features
 
     df, id_col = read_item_table(items)
     values = multi_hot_features(df, items, column, sep)
-    path = write_features(out, modality, df[id_col].to_numpy(), values)
+    path = write_features(out, modality, df[id_col].to_numpy(), values, overwrite=force)
     click.echo(f"wrote {path} ({values.shape[0]} items x {values.shape[1]})", err=True)
