@@ -155,6 +155,14 @@ def test_report_compare_prints_and_writes_the_table(runs: dict[str, Path], tmp_p
     expected = paired_comparison(a["recall@20"], b["recall@20"], n_boot=500, seed=0)
     assert rows[1]["diff"] == pytest.approx(expected["diff"])
     assert rows[1]["p_value"] == expected["p_value"] and rows[1]["ci_low"] == expected["ci_low"]
+    # written again, the report replaces its own files only when asked to
+    (out / "compare.md").write_text("the user's notes")
+    args = ["report", "compare", str(runs["mf"]), str(runs["lightgcn"]), "--boot", "50"]
+    again = CliRunner().invoke(main, [*args, "--out", str(out)])
+    assert again.exit_code == 2 and f"{out / 'compare.md'} exists; pass --force" in again.output
+    assert (out / "compare.md").read_text() == "the user's notes"
+    assert CliRunner().invoke(main, [*args, "--out", str(out), "--force"]).exit_code == 0
+    assert (out / "compare.md").read_text().startswith("| run |")
 
 
 def test_a_run_compared_with_itself(runs: dict[str, Path]) -> None:

@@ -238,3 +238,16 @@ def test_settings_that_say_how_a_run_goes_do_not_make_another_run():
     other = resolve_config("mf", None, None, ["train.seed=2", "l2_weight=0.5"])
     found = config_differences(base, other)
     assert len(found) == 2 and found[1].startswith("train.seed: 1 in the run, 2 asked")
+
+
+def test_a_study_never_writes_into_a_folder_of_the_users_own_files(tmp_path):
+    (tmp_path / "results.md").write_text("the user's results")
+    args = ["--data", DATA, "--set", "train.epochs=1", "--out", str(tmp_path)]
+    for command in (["benchmark", "--models", "mf", "--seeds", "1", "--no-plots"],
+                    ["sweep", "--model", "mf", "--grid", "lr=0.01"]):  # fmt: skip
+        result = invoke(*command, *args)
+        assert (
+            result.exit_code == 2 and "is not the folder of a benchmark or sweep" in result.output
+        )
+    assert (tmp_path / "results.md").read_text() == "the user's results"
+    assert not (tmp_path / "runs").exists()

@@ -39,7 +39,7 @@ from diffmm.config import RunConfig, TrainConfig, presets_of, resolve_config, se
 from diffmm.data.options import TableOptions
 from diffmm.errors import ConfigError
 from diffmm.models import get_model_class, model_names
-from diffmm.reuse import refuse_other_runs
+from diffmm.reuse import refuse_other_runs, require_study_folder
 from diffmm.runner import run_all
 from diffmm.sparsity import DEFAULT_GROUPS, sparsity_study, write_sparsity
 from diffmm.sweep import parse_grid, run_sweep
@@ -313,6 +313,7 @@ def run_benchmark(
 
     spec.validate()
     out = Path(out)
+    require_study_folder(out)
     dirs = {(m, s): out / "runs" / f"{m}-seed{s}" for m in spec.models for s in spec.seeds}
     wanted = [(spec.run_config(m, s), d) for (m, s), d in dirs.items()]
     refuse_other_runs(wanted, spec.data_fingerprint, spec.data)  # before anything trains

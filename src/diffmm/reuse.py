@@ -10,7 +10,8 @@ on other data is refused with one line naming the first differences; it is never
 under the new labels, and never resumed with settings it would silently ignore.
 
 Settings that say how a run goes on a machine, not what it computes (:data:`HOW_IT_RUNS`),
-may differ.
+may differ. :func:`require_study_folder` keeps a study out of a folder of the user's own
+files, whose ``results.md`` or ``sweep.md`` it would otherwise replace.
 """
 
 from __future__ import annotations
@@ -88,3 +89,13 @@ def refuse_other_runs(
                 f"{run_dir} holds a run on other data than {data} (their fingerprints "
                 "differ); it is not reused: remove it or pass another --out"
             )
+
+
+def require_study_folder(out: Path) -> None:
+    """Refuse ``out`` if it holds files but is not a study's folder (it has no ``runs/``):
+    a study rewrites its tables there, and they must not replace the user's files."""
+    if out.is_dir() and any(out.iterdir()) and not (out / "runs").is_dir():
+        raise ConfigError(
+            f"{out} holds files and is not the folder of a benchmark or sweep (it has no "
+            "runs/); pass a new or empty --out"
+        )

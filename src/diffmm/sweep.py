@@ -79,10 +79,11 @@ def run_sweep(
     """
     from diffmm import plots as figures
     from diffmm.experiments import BenchmarkSpec, Protocol
-    from diffmm.reuse import refuse_other_runs
+    from diffmm.reuse import refuse_other_runs, require_study_folder
     from diffmm.runner import run_all
 
     out = Path(out)
+    require_study_folder(out)
     (model,) = spec.models
     names = list(grid)
     _check_distinct(model, names)

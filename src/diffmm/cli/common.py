@@ -293,3 +293,16 @@ def absolute_data(data: str) -> str:
 def absolute_features(features: str | None) -> str | None:
     """``--features`` as an absolute path, if given."""
     return str(Path(features).resolve()) if features else None
+
+
+FORCE_HELP = "Replace the report's files in --out if they exist."
+
+
+def refuse_existing(out: Path, names: list[str], force: bool) -> None:
+    """Refuse to write ``names`` into ``out`` where one exists, unless ``force``: nothing
+    the user wrote is replaced unasked."""
+    from diffmm.errors import ConfigError
+
+    for name in names:
+        if (out / name).exists() and not force:
+            raise ConfigError(f"{out / name} exists; pass --force to replace it, or another --out")

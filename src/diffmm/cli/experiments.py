@@ -7,6 +7,7 @@ from pathlib import Path
 import click
 
 from diffmm.cli.common import (
+    FORCE_HELP,
     GROUPS_HELP,
     MOVED_DATA_HELP,
     OUT_DIR,
@@ -15,6 +16,7 @@ from diffmm.cli.common import (
     data_options,
     group_bounds,
     jobs_option,
+    refuse_existing,
     seed_list,
     user_errors,
 )
@@ -178,12 +180,14 @@ def report() -> None:
 @click.argument("run_dirs", nargs=-1, required=True, type=RUN_DIR)
 @click.option("--out", "out", required=True, type=OUT_DIR, help="Folder for the table and plot.")
 @click.option("--groups", default="0,5,10,20", show_default=True, help=GROUPS_HELP)
+@click.option("--force", is_flag=True, help=FORCE_HELP)
 @user_errors
-def report_sparsity(run_dirs: tuple[Path, ...], out: Path, groups: str) -> None:
+def report_sparsity(run_dirs: tuple[Path, ...], out: Path, groups: str, force: bool) -> None:
     """Test metrics per group of users by number of training interactions (paper Fig. 2)."""
     from diffmm.checkpoint import RunDir
     from diffmm.experiments import sparsity_study, write_sparsity
 
+    refuse_existing(out, ["sparsity.csv", "sparsity.md", "sparsity.png"], force)
     bounds = group_bounds(groups)
     runs: dict[str, list[str]] = {}
     for run_dir in run_dirs:
@@ -220,6 +224,7 @@ def report_sparsity(run_dirs: tuple[Path, ...], out: Path, groups: str) -> None:
 )
 @click.option("--seed", default=0, show_default=True, type=click.IntRange(min=0))
 @click.option("--out", "out", type=OUT_DIR, default=None, help="Folder for compare.md/.json.")
+@click.option("--force", is_flag=True, help=FORCE_HELP)
 @click.option("--data", default=None, help=MOVED_DATA_HELP)
 @user_errors
 def report_compare(
@@ -229,12 +234,15 @@ def report_compare(
     boot: int,
     seed: int,
     out: Path | None,
+    force: bool,
     data: str | None,
 ) -> None:
     """Is the difference real? Per-user paired differences from the first run (the
     reference): mean, 95% bootstrap CI, permutation and t-test p-values."""
     from diffmm.compare import compare_runs, markdown, write_comparison
 
+    if out is not None:
+        refuse_existing(out, ["compare.md", "compare.json"], force)
     chosen = [m.strip() for given in metrics for m in given.split(",") if m.strip()]
     rows = compare_runs(
         [str(r) for r in run_dirs], split, chosen or None, n_boot=boot, seed=seed, data=data
