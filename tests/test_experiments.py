@@ -174,6 +174,12 @@ def test_explain_lists_denoised_items_with_feature_similarities(diffmm_run, tmp_
     assert "## User 3" in result.output and "### visual" in result.output
     assert result.output.count("| 4 |") == 2  # four rows per modality, two modalities
     assert (tmp_path / "explain_user_3.png").read_bytes().startswith(PNG)
+    (tmp_path / "explain.md").write_text("the user's notes")  # replaced only with --force
+    again = invoke("explain", str(diffmm_run), "--user", "3", "--out", str(tmp_path))
+    assert again.exit_code == 2 and "explain.md exists; pass --force" in again.output
+    assert (tmp_path / "explain.md").read_text() == "the user's notes"
+    forced = invoke("explain", str(diffmm_run), "--user", "3", "--out", str(tmp_path), "--force")
+    assert forced.exit_code == 0 and "## User 3" in (tmp_path / "explain.md").read_text()
     wrong = invoke("explain", str(diffmm_run), "--user", "nobody")
     assert wrong.exit_code == 2 and "nobody" in wrong.output
 

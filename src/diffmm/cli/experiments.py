@@ -143,10 +143,17 @@ def sweep(
     help="Denoised items shown per modality.",
 )
 @click.option("--out", "out", type=OUT_DIR, default=None, help="Folder for the PNGs and table.")
+@click.option("--force", is_flag=True, help=FORCE_HELP)
 @click.option("--data", default=None, help=MOVED_DATA_HELP)
 @user_errors
 def explain(
-    run_dir: Path, users: tuple[str, ...], sample: int, top: int, out: Path | None, data: str | None
+    run_dir: Path,
+    users: tuple[str, ...],
+    sample: int,
+    top: int,
+    out: Path | None,
+    force: bool,
+    data: str | None,
 ) -> None:
     """What DiffMM's diffusion adds to users' modality graphs, with feature similarities."""
     from diffmm.errors import ConfigError
@@ -158,9 +165,12 @@ def explain(
     chosen: list = list(users) + (sample_users(rec, sample) if sample else [])
     if not chosen:
         raise ConfigError("name a user with --user ID, or --sample N users")
+    explained = [explain_user(rec, user, top) for user in chosen]
+    if out is not None:
+        pngs = [f"explain_user_{exp['user']}.png" for exp in explained]
+        refuse_existing(out, ["explain.md", *pngs], force)
     parts = []
-    for user in chosen:
-        exp = explain_user(rec, user, top)
+    for exp in explained:
         parts.append(format_explanation(exp))
         if out is not None:
             plot_explanation(exp, out / f"explain_user_{exp['user']}.png")
