@@ -104,15 +104,9 @@ def multi_hot_features(df: pd.DataFrame, path: Path, column: str, sep: str = " "
     return dummies.to_numpy(dtype=np.float32)
 
 
-def write_features(
-    out_dir: str | Path,
-    modality: str,
-    item_ids: np.ndarray,
-    values: np.ndarray,
-    overwrite: bool = False,
-) -> Path:
-    """Save ``<out_dir>/<modality>.features.npz``; returns its path. An existing file
-    (perhaps the features a trained run reads) is replaced only with ``overwrite``."""
+def feature_file(out_dir: str | Path, modality: str, overwrite: bool = False) -> Path:
+    """``<out_dir>/<modality>.features.npz``, refused before any work if the name is bad
+    or the file exists (perhaps the features a trained run reads) and not ``overwrite``."""
     if not modality or "/" in modality or modality.startswith("."):
         raise ConfigError(f"bad modality name {modality!r}; use a plain name such as 'text'")
     path = Path(out_dir) / f"{modality}.features.npz"
@@ -121,6 +115,18 @@ def write_features(
             f"{path} exists (runs trained with --features {out_dir} read it); pass --force "
             "to replace it, or another --out or --modality"
         )
+    return path
+
+
+def write_features(
+    out_dir: str | Path,
+    modality: str,
+    item_ids: np.ndarray,
+    values: np.ndarray,
+    overwrite: bool = False,
+) -> Path:
+    """Save ``<out_dir>/<modality>.features.npz`` (:func:`feature_file`); returns its path."""
+    path = feature_file(out_dir, modality, overwrite)
     item_ids = np.asarray(item_ids)
     if item_ids.dtype.kind == "O":  # an object array would need pickle to load
         item_ids = item_ids.astype(str)

@@ -77,8 +77,15 @@ def features_text(
     force: bool,
 ) -> None:
     """Sentence embeddings (all-MiniLM-L6-v2, offline) of text columns of an item table."""
-    from diffmm.features import item_texts, read_item_table, text_features, write_features
+    from diffmm.features import (
+        feature_file,
+        item_texts,
+        read_item_table,
+        text_features,
+        write_features,
+    )
 
+    feature_file(out, modality, force)  # before the embeddings are computed
     df, id_col = read_item_table(items)
     texts = item_texts(df, items, [c.strip() for c in columns.split(",") if c.strip()])
     values = text_features(texts, batch_size=batch_size, cache=not no_cache)
@@ -98,8 +105,9 @@ def features_multihot(
     items: Path, column: str, sep: str, out: Path, modality: str, force: bool
 ) -> None:
     """A multi-hot vector of the tokens of one column of an item table."""
-    from diffmm.features import multi_hot_features, read_item_table, write_features
+    from diffmm.features import feature_file, multi_hot_features, read_item_table, write_features
 
+    feature_file(out, modality, force)
     df, id_col = read_item_table(items)
     values = multi_hot_features(df, items, column, sep)
     path = write_features(out, modality, df[id_col].to_numpy(), values, overwrite=force)
