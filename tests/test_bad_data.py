@@ -118,6 +118,21 @@ def _features_missing_items(d: Path) -> Path:
     return table(d, SPLIT_TABLE)
 
 
+def _fifo(d: Path, name: str) -> Path:
+    os.mkfifo(d / name)  # nothing writes to it: a reader would wait forever
+    return d / name
+
+
+def _fifo_features(d: Path) -> Path:
+    _fifo(d, "image.features.csv")
+    return table(d, SPLIT_TABLE)
+
+
+def _features_header_only(d: Path) -> Path:
+    (d / "image.features.csv").write_text("item,x,y\n")
+    return table(d, SPLIT_TABLE)
+
+
 DATA_CASES = [
     # case(id, build(d) -> the path given to `diffmm data stats`, needles); {d} = the folder
     case("missing-path", lambda d: d / "nowhere.csv",
@@ -188,6 +203,14 @@ DATA_CASES = [
     case("items-without-feature-rows", _features_missing_items,
          ["{d}/image.features.csv: 1 of 3 items of t.csv have no feature row (first: ['i3'])",
           "add a row for each item"]),
+    case("fifo-as-data", lambda d: _fifo(d, "t.csv"),
+         ["{d}/t.csv: not a regular file (a pipe, socket or device)", "save the data to a file"]),
+    case("fifo-as-features", _fifo_features,
+         ["{d}/image.features.csv: not a regular file"]),
+    case("feature-file-header-only", _features_header_only,
+         ["{d}/image.features.csv: has a header but no rows", "one row of features per item"]),
+    case("bad-synthetic-value", lambda d: "synthetic:n_users=abc",
+         ["'synthetic:n_users=abc': synthetic option n_users must be an integer, got 'abc'"]),
     case("bad-synthetic-option", lambda d: "synthetic:n_user=5",
          ["'synthetic:n_user=5': bad synthetic option 'n_user=5'", "n_users"]),
 ]  # fmt: skip

@@ -135,6 +135,23 @@ def test_missing_config_file(tmp_path: Path) -> None:
     assert_says(message, f"config file {path} does not exist")
 
 
+def test_a_config_file_that_is_a_pipe(tmp_path: Path) -> None:
+    os.mkfifo(tmp_path / "pipe.toml")  # nothing writes to it: reading would wait forever
+    message = user_error(train_cli(tmp_path, "--config", tmp_path / "pipe.toml"))
+    assert_says(message, f"config file {tmp_path / 'pipe.toml'} is not a regular file")
+
+
+def test_features_that_are_a_file_not_a_folder(tmp_path: Path) -> None:
+    from diffmm.data import load_dataset
+    from diffmm.errors import DataError
+
+    (tmp_path / "image.npy").write_bytes(b"")
+    message = usage_error(cli("data", "stats", TINY, "--features", tmp_path / "image.npy"))
+    assert_says(message, "'--features'", "image.npy' is a file")
+    with pytest.raises(DataError, match="image.npy: is not a folder of feature files"):
+        load_dataset(TINY, features=tmp_path / "image.npy")
+
+
 # =========================================================================== CLI: runs
 
 
@@ -153,6 +170,20 @@ def test_train_into_an_existing_run_is_refused(run_copy: Path) -> None:
     assert_says(message, f"{run_copy} already holds a training run",
                 f"diffmm train --resume {run_copy}", "pass another --out")  # fmt: skip
     assert (run_copy / "best.pt").read_bytes() == before, "the old run was touched"
+
+
+def test_demo_into_a_folder_that_holds_files_is_refused(tmp_path: Path) -> None:
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("keep me")
+    message = user_error(cli("demo", "--out", tmp_path / "mine", "--epochs", "1"))
+    assert_says(message, f"{tmp_path / 'mine'}: exists", "name another --out")
+    assert [p.name for p in (tmp_path / "mine").iterdir()] == ["notes.txt"]
+
+
+def test_demo_epochs_below_one_names_the_option(tmp_path: Path) -> None:
+    message = usage_error(cli("demo", "--out", tmp_path / "d", "--epochs", "0"))
+    assert_says(message, "'--epochs'", "0 is not in the range x>=1")
+    assert not (tmp_path / "d").exists()
 
 
 def test_resume_a_directory_that_is_not_a_run(tmp_path: Path) -> None:

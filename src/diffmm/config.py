@@ -222,7 +222,8 @@ def load_config_file(path: str | Path) -> dict[str, Any]:
     """Read a TOML config file into a raw dict, with a clear error if it is bad."""
     path = Path(path)
     if not path.is_file():
-        raise ConfigError(f"config file {path} does not exist")
+        what = "is not a regular file" if path.exists() else "does not exist"
+        raise ConfigError(f"config file {path} {what}")
     try:
         with path.open("rb") as fh:
             return tomllib.load(fh)

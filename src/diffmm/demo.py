@@ -24,6 +24,7 @@ from diffmm.checkpoint import DataRef
 from diffmm.config import resolve_config
 from diffmm.data import make_synthetic
 from diffmm.data.dataset import Dataset
+from diffmm.errors import ConfigError
 from diffmm.evaluate import top_k_items
 from diffmm.inference import load
 from diffmm.models.base import Recommender
@@ -31,7 +32,8 @@ from diffmm.trainer import train
 
 #: The budget both models get: at most this many epochs, early stopping after this many
 #: validations without improvement, one learning rate.
-BUDGET = ["train.epochs=100", "train.patience=10", "train.lr=0.005"]
+EPOCHS = 100
+BUDGET = [f"train.epochs={EPOCHS}", "train.patience=10", "train.lr=0.005"]
 #: Each model's own settings on top of the budget.
 DEMO_RUNS: dict[str, list[str]] = {
     "lightgcn": [*BUDGET],
@@ -54,7 +56,15 @@ def _train(name: str, dataset: Dataset, out: Path, epochs: int | None) -> tuple[
 
 
 def run_demo(out: Path, epochs: int | None = None, n_users_shown: int = 3) -> dict[str, dict]:
-    """Train both models, print a comparison table and a few recommendations."""
+    """Train both models into the new folder ``out``; print a comparison and a few picks.
+
+    An ``out`` that holds anything is refused (ConfigError): the demo writes only new files.
+    """
+    if out.exists() and not (out.is_dir() and not any(out.iterdir())):
+        raise ConfigError(
+            f"{out}: exists and is not an empty folder; the demo writes its runs to a new "
+            "folder: name another --out"
+        )
     dataset = make_synthetic()
     click.echo(
         f"synthetic data: {dataset.n_users} users, {dataset.n_items} items, "
@@ -67,7 +77,8 @@ def run_demo(out: Path, epochs: int | None = None, n_users_shown: int = 3) -> di
         summaries[name], models[name] = _train(name, dataset, out, epochs)
 
     click.echo(
-        "\nboth models had the same budget (at most 100 epochs, patience 10, lr 0.005);"
+        f"\nboth models had the same budget (at most {epochs or EPOCHS} epochs, patience 10, "
+        "lr 0.005);"
         "\ntest metrics at the epoch each one selected on validation:"
     )
     click.echo(f"{'model':<10}" + "".join(f"{m:>14}" for m in METRICS) + f"{'epoch':>7}{'s':>7}")

@@ -82,12 +82,22 @@ def test_load_dataset_synthetic_spec():
         ("synthetic:n_user=5", "bad synthetic option 'n_user=5'.*n_users"),
         ("synthetic:n_users", "bad synthetic option"),
         ("synthetic:n_users=-3", "n_users must be positive"),
-        ("synthetic:n_users=abc", "invalid synthetic options"),
+        ("synthetic:n_users=abc", "n_users must be an integer, got 'abc'"),
+        ("synthetic:n_users=2.5", "n_users must be an integer, got '2.5'"),
+        ("synthetic:n_users=True", "n_users must be an integer"),
+        ("synthetic:temperature=hot", "temperature must be a number, got 'hot'"),
+        ("synthetic:n_clusters=many", "n_clusters must be an integer or None"),
+        ("synthetic:sampler=3", "sampler must be one of"),
     ],
 )
 def test_bad_synthetic_specs(spec, needle):
     with pytest.raises(DataError, match=needle):
         load_dataset(spec)
+
+
+def test_synthetic_spec_values_take_the_options_types():
+    ds = load_dataset("synthetic:n_users=60,n_items=40,temperature=1,n_clusters=None,seed=2")
+    assert ds.fingerprint() == make_synthetic(60, 40, seed=2, temperature=1.0).fingerprint()
 
 
 # --- the two samplers (issue 13 §5) -----------------------------------------------------

@@ -212,6 +212,19 @@ def test_the_cache_dir_moves_with_the_option_and_the_environment(tmp_path, monke
     assert (tmp_path / "opt").resolve() in ref.paths()
 
 
+def test_a_cache_dir_that_is_a_file_is_refused_not_passed_over(tmp_path, monkeypatch):
+    table = _write(tmp_path / "r.csv", RATINGS)
+    (tmp_path / "afile").write_text("mine")
+    monkeypatch.setenv("DIFFMM_CACHE_DIR", str(tmp_path / "afile"))
+    with pytest.raises(DataError, match=r"afile: \$DIFFMM_CACHE_DIR is a file, not a folder"):
+        load_dataset(table)
+    monkeypatch.delenv("DIFFMM_CACHE_DIR")
+    with pytest.raises(DataError, match="afile: the split cache folder is a file"):
+        load_dataset(table, cache_dir=tmp_path / "afile")
+    assert (tmp_path / "afile").read_text() == "mine"
+    assert not (tmp_path / ".diffmm_splits").exists()
+
+
 # --------------------------------------------------------------------- recorded in a run
 def test_data_ref_records_the_options_and_old_records_still_load(tmp_path):
     from diffmm.checkpoint import RunDir

@@ -227,7 +227,9 @@ def serve(
 
 
 @click.command()
-@click.option("--epochs", default=None, type=int, help="Epochs per model (default: preset).")
+@click.option(
+    "--epochs", default=None, type=click.IntRange(min=1), help="Epochs per model [default: 100]."
+)
 @click.option(
     "--out",
     type=click.Path(file_okay=False, path_type=Path),

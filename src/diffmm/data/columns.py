@@ -57,10 +57,22 @@ def find_col(df: pd.DataFrame, names: tuple[str, ...], path: Path | None = None)
     return found[0] if found else None
 
 
+def regular_file(path: Path) -> Path:
+    """``path``, or a DataError if it exists but is not a regular file (a pipe, socket or
+    device would block the reader or feed it endless bytes)."""
+    if path.exists() and not path.is_file() and not path.is_dir():
+        raise DataError(
+            f"{path}: not a regular file (a pipe, socket or device); save the data to a file "
+            "and pass that"
+        )
+    return path
+
+
 def read_table(path: Path, **kwargs: Any) -> pd.DataFrame:
     """Read a csv/tsv/parquet/.inter table into a DataFrame; DataError if unreadable."""
     import pandas as pd
 
+    regular_file(path)
     suffix = path.suffix.lower()
     try:
         if suffix == ".parquet":

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from diffmm.data.columns import ITEM_COLS, raw_ids, read_table, require_cols
+from diffmm.data.columns import ITEM_COLS, raw_ids, read_table, regular_file, require_cols
 from diffmm.data.dataset import check_features, match_ids, preview
 from diffmm.errors import DataError
 
@@ -24,6 +24,7 @@ _FEATURE_RE = re.compile(r"^(?P<modality>.+)\.features\.(csv|tsv|parquet|npz)$")
 
 def load_npy(path: Path) -> np.ndarray:
     """Read a ``.npy`` array without pickles; DataError if unreadable."""
+    regular_file(path)
     try:
         return np.load(path, allow_pickle=False)
     except Exception as exc:
@@ -100,6 +101,7 @@ def read_feature_file(f: Path) -> tuple[np.ndarray, np.ndarray]:
     import pandas as pd
 
     if f.suffix == ".npz":
+        regular_file(f)
         try:
             with np.load(f, allow_pickle=False) as z:
                 if "item_ids" not in z or "features" not in z:
@@ -120,6 +122,8 @@ def read_feature_file(f: Path) -> tuple[np.ndarray, np.ndarray]:
         return fid, values
     df = read_table(f)
     (icol,) = require_cols(df, f, ITEM_COLS)
+    if len(df) == 0:
+        raise DataError(f"{f}: has a header but no rows; add one row of features per item")
     rest = df.drop(columns=[icol])
     non_numeric = [c for c in rest.columns if not pd.api.types.is_numeric_dtype(rest[c])]
     if non_numeric or rest.shape[1] == 0:

@@ -52,6 +52,7 @@ from __future__ import annotations
 
 import ast
 import inspect
+import typing
 from pathlib import Path
 from typing import Any
 
@@ -74,6 +75,7 @@ from diffmm.data.columns import (
     TIME_COLS,
     USER_COLS,
     read_table,
+    regular_file,
 )
 from diffmm.data.columns import clean_name as _clean
 from diffmm.data.columns import find_col as _find_col
@@ -119,7 +121,8 @@ def load_dataset(
     if features is not None:
         directory = Path(features).expanduser()
         if not directory.is_dir():
-            raise DataError(f"{directory}: no such folder of feature files (--features)")
+            what = "is not a folder of feature files" if directory.exists() else "no such folder"
+            raise DataError(f"{directory}: {what} (--features takes the folder that holds them)")
         item_ids = ds.item_ids if ds.item_ids is not None else np.arange(ds.n_items)
         extra = features_from_dir(directory, item_ids, f"the items of {ds.source}")
         if not extra:
@@ -166,6 +169,7 @@ def _load_any(path: str | Path, split: str, seed: int, name: str | None, table: 
         raise DataError(f"{p}: no such file or directory; {ACCEPTED}")
     if p.is_dir():
         return _load_dir(p, split, seed, name, table)
+    regular_file(p)
     suffix = p.suffix.lower()
     if suffix == ".inter":
         if has_x_label(p):
@@ -201,10 +205,37 @@ def _load_dir(p: Path, split: str, seed: int, name: str | None, table: _Table) -
     raise DataError(f"{p}: no dataset found in this directory; {ACCEPTED}")
 
 
+_KINDS = {int: "an integer", float: "a number", str: "a word"}
+
+
+def _synthetic_value(spec: str, key: str, raw: str, hint: Any) -> Any:
+    """``raw`` read as the type ``hint`` of a :func:`make_synthetic` argument, else a DataError.
+
+    ``int | None`` admits ``None``; an integer stands for a float; text options keep ``raw``.
+    """
+    kinds = [t for t in typing.get_args(hint) or (hint,) if t is not type(None)]
+    none_ok = type(None) in typing.get_args(hint)
+    if kinds == [str]:
+        return raw
+    if none_ok and raw == "None":
+        return None
+    try:
+        value = ast.literal_eval(raw)
+    except (ValueError, SyntaxError):
+        value = raw
+    if isinstance(value, int) and not isinstance(value, bool):
+        return float(value) if kinds == [float] else value
+    if isinstance(value, float) and float in kinds:
+        return value
+    wanted = " or ".join(_KINDS[t] for t in kinds) + (" or None" if none_ok else "")
+    raise DataError(f"{spec!r}: synthetic option {key} must be {wanted}, got {raw!r}")
+
+
 def _load_synthetic(spec: str, name: str | None) -> Dataset:
     from diffmm.data.synthetic import make_synthetic
 
     allowed = set(inspect.signature(make_synthetic).parameters)
+    hints = typing.get_type_hints(make_synthetic)
     kwargs: dict[str, Any] = {}
     body = spec.partition(":")[2].strip()
     for part in filter(None, (s.strip() for s in body.split(","))):
@@ -215,10 +246,7 @@ def _load_synthetic(spec: str, name: str | None) -> Dataset:
                 f"{spec!r}: bad synthetic option {part!r}; use key=value with keys "
                 f"{', '.join(sorted(allowed))}"
             )
-        try:
-            kwargs[key] = ast.literal_eval(value.strip())
-        except (ValueError, SyntaxError):
-            kwargs[key] = value.strip()
+        kwargs[key] = _synthetic_value(spec, key, value.strip(), hints[key])
     try:
         ds = make_synthetic(**kwargs)
     except (TypeError, ValueError) as exc:

@@ -19,6 +19,7 @@ from diffmm.data.columns import (
     clean_name,
     find_col,
     read_table,
+    regular_file,
     require_cols,
     split_codes,
 )
@@ -33,6 +34,7 @@ MAX_INDEX = 2**53
 
 def has_x_label(path: Path) -> bool:
     """Whether the header of the tab-separated file ``path`` has an ``x_label`` column."""
+    regular_file(path)
     try:
         with open(path, encoding="utf-8", errors="replace") as f:
             header = f.readline()

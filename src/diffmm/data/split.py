@@ -111,9 +111,18 @@ def file_sha256(path: Path) -> str:
 
 
 def cache_dir_of(cache_dir: str | Path | None) -> Path | None:
-    """The chosen cache folder: ``cache_dir``, else ``$DIFFMM_CACHE_DIR``, else None."""
+    """The chosen cache folder: ``cache_dir``, else ``$DIFFMM_CACHE_DIR``, else None.
+
+    A chosen path that exists but is not a folder is refused (DataError), not passed over.
+    """
     chosen = cache_dir if cache_dir is not None else os.environ.get(CACHE_ENV) or None
-    return None if chosen is None else Path(chosen).expanduser().resolve()
+    if chosen is None:
+        return None
+    path = Path(chosen).expanduser().resolve()
+    if path.exists() and not path.is_dir():
+        named = "the split cache folder" if cache_dir is not None else f"${CACHE_ENV}"
+        raise DataError(f"{path}: {named} is a file, not a folder; name a folder")
+    return path
 
 
 def cache_dirs(table: Path, cache_dir: str | Path | None = None) -> list[Path]:
