@@ -60,6 +60,7 @@ def test_loss_falls_and_files_are_written(tmp_path):
     assert summary["test"]["recall@20"] > 0.5  # random would be about 20 / 51
     assert summary["peak_rss_mb"] > 0 and summary["seconds_per_epoch"] > 0
     assert "best_on_test" not in summary
+    assert summary["software"]["torch"] == torch.__version__
     config = json.loads((tmp_path / "config.json").read_text())
     assert config["model"] == "lightgcn" and config["train"]["seed"] == 7
     best = load_checkpoint(tmp_path / "best.pt")
@@ -280,3 +281,30 @@ def test_validation_users_validates_a_fixed_sample_and_tests_every_user(monkeypa
     assert seen["test"] == [everyone["n_users"]] and everyone["n_users"] > 20
     with pytest.raises(ValueError, match="validation_users"):
         TrainConfig(validation_users=0)
+
+
+def test_the_software_record_names_the_checkout_and_whether_src_differs(tmp_path, monkeypatch):
+    import subprocess
+
+    import diffmm
+    from diffmm.utils import software
+
+    def run(*args):
+        subprocess.run(args, cwd=tmp_path, check=True, capture_output=True)
+
+    package = tmp_path / "src" / "diffmm"
+    package.mkdir(parents=True)
+    (package / "__init__.py").write_text("x = 1\n")
+    monkeypatch.setattr(diffmm, "__file__", str(package / "__init__.py"))
+    record = software()  # not a checkout yet: the versions only
+    assert record["diffmm"] == diffmm.__version__ and "source_revision" not in record
+    run("git", "init", "-q")
+    run("git", "add", "-A")
+    run("git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "one")
+    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=tmp_path, capture_output=True,
+                          text=True).stdout.strip()  # fmt: skip
+    assert software()["source_revision"] == head and software()["source_modified"] is False
+    (tmp_path / "notes.txt").write_text("outside src")
+    assert software()["source_modified"] is False
+    (package / "__init__.py").write_text("x = 2\n")
+    assert software()["source_modified"] is True

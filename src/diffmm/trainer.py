@@ -55,6 +55,7 @@ from diffmm.utils import (
     peak_rss_mb,
     release_free_memory,
     seed_everything,
+    software,
     to_json,
 )
 
@@ -330,6 +331,7 @@ class Trainer:
             "peak_rss_mb": peak_rss_mb(),
             **distributed.summary_fields(),  # nothing in one process
             "precision": self.precision,
+            "software": software(),
         }
         if self.run is not None:
             self.run.write_summary(summary)

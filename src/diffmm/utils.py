@@ -136,6 +136,39 @@ def atomic_torch_save(path: str | Path, obj: Any) -> None:
     atomic_write(path, lambda fh: torch.save(obj, fh))
 
 
+def software() -> dict[str, Any]:
+    """The versions a run was trained with: diffmm, torch, Python and, when diffmm runs
+    from a git checkout, the checkout's commit and whether ``src/`` differs from it."""
+    import platform
+    import subprocess
+
+    import diffmm
+
+    record: dict[str, Any] = {
+        "diffmm": diffmm.__version__,
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+    }
+    root = Path(diffmm.__file__).resolve().parents[2]  # src/diffmm/__init__.py -> the root
+    if not (root / ".git").exists():
+        return record  # an installed wheel: its version says it all
+
+    def git(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            ["git", "-C", str(root), *args], capture_output=True, text=True, timeout=10
+        )
+
+    try:
+        head = git("rev-parse", "HEAD")
+        changed = git("diff", "--quiet", "HEAD", "--", "src")
+    except (OSError, subprocess.SubprocessError):
+        return record  # no git here: the versions are what there is
+    if head.returncode == 0 and changed.returncode in (0, 1):
+        record["source_revision"] = head.stdout.strip()
+        record["source_modified"] = changed.returncode == 1
+    return record
+
+
 def peak_rss_mb() -> float:
     """Peak resident set size of this process so far, in MiB (0.0 if unknown)."""
     try:
