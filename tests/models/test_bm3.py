@@ -48,8 +48,8 @@ def _reference_loss(model: BM3, batch: Batch, data: Dataset, stop_gradient: bool
     h_u, h_i = h_users[batch.users], h_items[batch.pos_items]
     rec = _neg_cos(pred(h_u), sg(h_i)) + _neg_cos(pred(h_i), sg(h_u))
     align = mask = 0.0
-    for proj, feats in zip(model.projections, data.features.values(), strict=True):
-        h_m = torch.from_numpy(feats)[batch.pos_items] @ proj.weight.T + proj.bias
+    for m, proj in enumerate(model.projections):  # the model's own (trainable) features
+        h_m = getattr(model, f"features_{m}")[batch.pos_items] @ proj.weight.T + proj.bias
         align = align + _neg_cos(pred(h_m), sg(h_i))
         mask = mask + _neg_cos(pred(h_m), sg(h_m))
     reg = (h_users.norm() + h_items.norm()) / data.n_items
@@ -67,6 +67,7 @@ def test_config_defaults_follow_the_authors():
     cfg = Config()
     assert cfg.embedding_dim == 64 and cfg.n_layers == 1
     assert (cfg.target_dropout, cfg.l2_weight, cfg.modality_loss_weight) == (0.5, 0.1, 2.0)
+    assert cfg.finetune_features  # the code's nn.Embedding.from_pretrained(freeze=False)
     with pytest.raises(ValueError):
         Config(target_dropout=1.0)
 
@@ -127,11 +128,26 @@ def test_target_view_is_a_dropped_out_constant(small):
     assert (model.target_view(h) == 0).any()
 
 
-def test_features_and_graph_are_non_persistent_buffers(small):
+def test_frozen_features_and_the_graph_are_non_persistent_buffers(small):
     torch.manual_seed(0)
-    model = BM3(Config(embedding_dim=4), small)
+    model = BM3(Config(embedding_dim=4, finetune_features=False), small)
     assert not any(k.startswith(("features_", "adj")) for k in model.state_dict())
     assert {n for n, _ in model.named_buffers()} == {"features_0", "features_1", "adj"}
+
+
+def test_finetuned_features_learn_and_leave_the_dataset_alone(small):
+    torch.manual_seed(0)
+    before = {k: v.copy() for k, v in small.features.items()}
+    model = BM3(Config(embedding_dim=4), small)
+    assert {"features_0", "features_1"} <= set(model.state_dict())
+    optimiser = torch.optim.Adam(model.parameters(), lr=0.01)
+    sum(model.loss(_batch(small)).values()).backward()
+    optimiser.step()
+    touched = _batch(small).pos_items.unique()
+    first = torch.from_numpy(before[next(iter(before))])
+    assert not torch.allclose(model.features_0[touched].detach(), first[touched])
+    for name, feats in small.features.items():
+        np.testing.assert_array_equal(feats, before[name])
 
 
 @pytest.mark.slow

@@ -33,8 +33,11 @@ adjacency without self-loops, ``C(x, y) = 1 - cos(x, y)`` averaged over the batc
 * Score: ``s(u, i) = h~_u . h~_i``, the online (predicted) representations, as in the
   authors' ``full_sort_predict``.
 
-Departures from the authors' code: the raw features are fixed buffers (the code wraps
-them in trainable ``nn.Embedding.from_pretrained(freeze=False)`` tables); the predictor,
+The raw features ``F_m`` are trained too (``finetune_features``), as in the authors' code
+(``nn.Embedding.from_pretrained(freeze=False)``). Without it, on MovieLens-100K the
+validation recall collapses soon after its peak (``benchmarks/results/bm3_ml100k.md``).
+
+Departures from the authors' code: the predictor,
 projections and dropout are applied to the batch's rows only (the code applies them to
 every row and then indexes, which differs only in that a user or item repeated within a
 batch gets independent dropout masks here); any number of modalities is accepted (the
@@ -55,6 +58,7 @@ from diffmm.models.base import (
     MAX_LAYERS,
     MAX_WIDTH,
     Batch,
+    Flag,
     ModelConfig,
     Recommender,
     require_features,
@@ -99,6 +103,11 @@ class Config(ModelConfig):
         description="Weight of L_align + L_mask, the modality losses "
         "[cl_weight]; the paper's objective adds them unweighted.",
     )
+    finetune_features: Flag = Field(
+        True,
+        description="Train the raw features F_m too, as the authors' code does "
+        "(nn.Embedding.from_pretrained with freeze=False).",
+    )
 
 
 def negative_cosine(online: Tensor, target: Tensor) -> Tensor:
@@ -140,7 +149,7 @@ class BM3(Recommender):
         )
         for layer in (self.predictor, *self.projections):
             nn.init.xavier_normal_(layer.weight)
-        register_features(self, dataset, trainable=False)
+        register_features(self, dataset, config.finetune_features)
         self.register_buffer(
             "adj", normalized_adjacency(dataset.train, self_loops=False), persistent=False
         )
