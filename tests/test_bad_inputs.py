@@ -186,6 +186,15 @@ def test_demo_epochs_below_one_names_the_option(tmp_path: Path) -> None:
     assert not (tmp_path / "d").exists()
 
 
+def test_resume_of_a_finished_run_without_last_pt_keeps_its_results(run_copy: Path) -> None:
+    (run_copy / "last.pt").unlink()  # e.g. deleted to save space
+    before = {name: (run_copy / name).read_bytes() for name in ("best.pt", "summary.json")}
+    message = user_error(cli("train", "--resume", run_copy))
+    assert_says(message, f"{run_copy}: holds best.pt, summary.json, log.jsonl of trained epochs",
+                "no last.pt to resume from", "train into a new --out")  # fmt: skip
+    assert {name: (run_copy / name).read_bytes() for name in before} == before
+
+
 def test_resume_a_directory_that_is_not_a_run(tmp_path: Path) -> None:
     (tmp_path / "notes").mkdir()
     message = user_error(cli("train", "--resume", tmp_path / "notes"))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 from click.testing import CliRunner
@@ -182,6 +183,43 @@ def test_explain_lists_denoised_items_with_feature_similarities(diffmm_run, tmp_
     assert forced.exit_code == 0 and "## User 3" in (tmp_path / "explain.md").read_text()
     wrong = invoke("explain", str(diffmm_run), "--user", "nobody")
     assert wrong.exit_code == 2 and "nobody" in wrong.output
+
+
+def test_file_stem_keeps_plain_ids_and_makes_any_other_text_safe():
+    from diffmm.utils import file_stem
+
+    assert file_stem("3") == "3" and file_stem("user_7.b-2") == "user_7.b-2"
+    for text in ("q/../../escaped", "..", "a b", "/etc/passwd", "", "x" * 300):
+        stem = file_stem(text)
+        assert "/" not in stem and stem not in ("", ".", "..") and len(stem) <= 73
+    assert file_stem("a/b") != file_stem("a_b") and file_stem("a/b") != file_stem("a:b")
+
+
+def test_explain_keeps_each_file_inside_out_whatever_the_user_ids(tmp_path):
+    rng = np.random.default_rng(0)
+    users = ["q/../../escaped", "a/b", *map(str, range(20))]
+    rows = [(u, f"i{i}") for u in users for i in rng.choice(15, 8, replace=False)]
+    data = tmp_path / "data"
+    data.mkdir()
+    pd.DataFrame(rows, columns=["user", "item"]).to_csv(data / "t.csv", index=False)
+    feats = pd.DataFrame(rng.normal(size=(15, 4)), columns=list("abcd"))
+    feats.insert(0, "item", [f"i{i}" for i in range(15)])
+    feats.to_csv(data / "image.features.csv", index=False)
+    run = tmp_path / "run"
+    trained = invoke("train", "--model", "diffmm", "--data", str(data / "t.csv"), "--out",
+                     str(run), "--set", "train.epochs=1", "--set", "train.progress=false",
+                     "--set", "denoiser_hidden_dims=[16]")  # fmt: skip
+    assert trained.exit_code == 0, trained.output
+    victim = tmp_path / "escaped.png"  # where the id would lead from out/
+    victim.write_text("the user's own file")
+    out = tmp_path / "deep" / "out"
+    result = invoke("explain", str(run), "--user", "q/../../escaped", "--user", "a/b",
+                    "--out", str(out))  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert victim.read_text() == "the user's own file"
+    written = sorted(p.name for p in out.iterdir())
+    assert len(written) == 3 and all(p.is_file() for p in out.iterdir())  # no subfolders
+    assert all(f"]({name})" in (out / "explain.md").read_text() for name in written[1:])
 
 
 @pytest.mark.slow

@@ -23,8 +23,10 @@ def _pyplot():
 
 
 def _save(fig, path: Path) -> Path:
-    atomic_write(path, lambda fh: fig.savefig(fh, format="png", dpi=120, bbox_inches="tight"))
-    fig.clear()
+    try:
+        atomic_write(path, lambda fh: fig.savefig(fh, format="png", dpi=120, bbox_inches="tight"))
+    finally:
+        _pyplot().close(fig)  # pyplot keeps every open figure until it is closed
     return path
 
 

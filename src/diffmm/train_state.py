@@ -50,6 +50,7 @@ def start_or_resume(
             selection.resumed_after.append(done)
         else:
             if resume:
+                _refuse_restart_of_trained(run)
                 report.info(f"{run.path} has no checkpoint yet; starting from epoch 1")
             run.remove_log()
     elif resume and not distributed.is_distributed():
@@ -57,6 +58,20 @@ def start_or_resume(
     if resume and distributed.is_distributed():  # rank 0 read last.pt: the others follow
         done, selection = broadcast_resumed(model, optimizer, rng, done, selection, ema)
     return done, selection
+
+
+def _refuse_restart_of_trained(run: RunDir) -> None:
+    """DataError if ``run`` lacks ``last.pt`` but holds what trained epochs wrote: starting
+    again from epoch 1 would replace the user's model and results."""
+    trained = [name for name in (ckpt.BEST, ckpt.SUMMARY) if (run / name).exists()]
+    log = run / ckpt.LOG
+    if log.exists() and log.stat().st_size > 0:
+        trained.append(ckpt.LOG)
+    if trained:
+        raise DataError(
+            f"{run.path}: holds {', '.join(trained)} of trained epochs but no {ckpt.LAST} to "
+            f"resume from; restore {ckpt.LAST} from a copy, or train into a new --out"
+        )
 
 
 def save_last(

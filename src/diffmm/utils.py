@@ -136,6 +136,22 @@ def atomic_torch_save(path: str | Path, obj: Any) -> None:
     atomic_write(path, lambda fh: torch.save(obj, fh))
 
 
+def file_stem(text: str, limit: int = 64) -> str:
+    """``text`` (an id from the data) as one safe piece of a file name.
+
+    Letters, digits, ``.``, ``_`` and ``-`` are kept, anything else (a ``/``, ``..``, a
+    space) becomes ``_``; a text that had to change, or that is longer than ``limit``,
+    gets 8 hex digits of its sha256, so two ids never share a name. Never ``.`` or ``..``.
+    """
+    import hashlib
+    import re
+
+    stem = re.sub(r"[^A-Za-z0-9._-]", "_", text)[:limit].lstrip(".")
+    if stem != text or not stem:
+        stem = f"{stem}-{hashlib.sha256(text.encode()).hexdigest()[:8]}".lstrip("-")
+    return stem
+
+
 def software() -> dict[str, Any]:
     """The versions a run was trained with: diffmm, torch, Python and, when diffmm runs
     from a git checkout, the checkout's commit and whether ``src/`` differs from it."""

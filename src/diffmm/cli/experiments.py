@@ -159,22 +159,23 @@ def explain(
     from diffmm.errors import ConfigError
     from diffmm.explain import explain_user, format_explanation, plot_explanation, sample_users
     from diffmm.inference import load
-    from diffmm.utils import atomic_write_bytes
+    from diffmm.utils import atomic_write_bytes, file_stem
 
     rec = load(run_dir, data=data, device="cpu")
     chosen: list = list(users) + (sample_users(rec, sample) if sample else [])
     if not chosen:
         raise ConfigError("name a user with --user ID, or --sample N users")
     explained = [explain_user(rec, user, top) for user in chosen]
+    # a user id is data, not a path: it names its file only through file_stem
+    pngs = [f"explain_user_{file_stem(str(exp['user']))}.png" for exp in explained]
     if out is not None:
-        pngs = [f"explain_user_{exp['user']}.png" for exp in explained]
         refuse_existing(out, ["explain.md", *pngs], force)
     parts = []
-    for exp in explained:
+    for exp, png in zip(explained, pngs, strict=True):
         parts.append(format_explanation(exp))
         if out is not None:
-            plot_explanation(exp, out / f"explain_user_{exp['user']}.png")
-            parts.append(f"\n![user {exp['user']}](explain_user_{exp['user']}.png)")
+            plot_explanation(exp, out / png)
+            parts.append(f"\n![user {exp['user']}]({png})")
     text = "\n\n".join(parts) + "\n"
     if out is not None:
         atomic_write_bytes(out / "explain.md", text.encode())
