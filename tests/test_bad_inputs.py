@@ -135,6 +135,13 @@ def test_missing_config_file(tmp_path: Path) -> None:
     assert_says(message, f"config file {path} does not exist")
 
 
+def test_a_config_file_nested_too_deeply(tmp_path: Path) -> None:
+    path = tmp_path / "deep.toml"
+    path.write_text("a = " + "[" * 3000 + "]" * 3000 + "\n")
+    message = user_error(train_cli(tmp_path, "--config", path))
+    assert_says(message, f"config file {path} nests arrays or tables too deeply")
+
+
 def test_a_config_file_that_is_a_pipe(tmp_path: Path) -> None:
     os.mkfifo(tmp_path / "pipe.toml")  # nothing writes to it: reading would wait forever
     message = user_error(train_cli(tmp_path, "--config", tmp_path / "pipe.toml"))
@@ -238,6 +245,10 @@ def _damage(name: str, how: str) -> Callable[[Path], None]:
             path.write_text("[]")
         elif how == "keys-missing":
             torch.save({"format": 1, "epoch": 1}, path)
+        elif how == "nested-id":
+            ids = json.loads(path.read_text())
+            ids["users"][2] = [1]
+            path.write_text(json.dumps(ids))
 
     return damage
 
@@ -258,6 +269,8 @@ DAMAGE_CASES = [
          ["{run}/config.json: not valid JSON", "the run directory is damaged"]),
     case("missing-ids.json", "ids.json", "delete", ["serve", "{run}", "--port", "0"],
          ["{run}/ids.json: not found", "not a complete run directory"]),
+    case("ids.json-list-as-an-id", "ids.json", "nested-id", ["recommend", "{run}", "--user", "1"],
+         ["{run}/ids.json: expected a list of 150 user ids (numbers or text)", "was modified"]),
     case("dataset.json-not-an-object", "dataset.json", "json-list",
          ["recommend", "{run}", "--user", "1"], ["{run}/dataset.json", "damaged"]),
     case("last.pt-missing-keys", "last.pt", "keys-missing", ["train", "--resume", "{run}"],
@@ -299,6 +312,19 @@ def test_recommend_from_a_directory_that_is_not_a_run(tmp_path: Path) -> None:
 )  # fmt: skip
 def test_bad_recommend(trained_run: Path, options: list[str], needles: list[str]) -> None:
     assert_says(user_error(cli("recommend", trained_run, *options)), *needles)
+
+
+HUGE_K = "9" * 20  # no int64 holds it
+
+
+def test_cut_offs_too_large_for_any_catalogue(trained_run: Path) -> None:
+    message = user_error(cli("evaluate", trained_run, "--ks", HUGE_K))
+    assert_says(message, f"--ks '{HUGE_K}': give positive integers up to 2147483647")
+    compare = ["report", "compare", trained_run, trained_run]
+    message = user_error(cli(*compare, "--metric", f"recall@{HUGE_K}"))
+    assert_says(message, "a cut-off from 1 to 2147483647", f"got 'recall@{HUGE_K}'")
+    message = usage_error(cli(*compare, "--boot", "99999999999"))
+    assert_says(message, "'--boot'", "1<=x<=1000000")
 
 
 @pytest.mark.parametrize(

@@ -122,6 +122,14 @@ def test_sweep_grid_keeps_the_names_as_typed_and_refuses_one_setting_twice(tmp_p
     grid = parse_grid(["train.metric=recall@20,ndcg@20"])
     with pytest.raises(ConfigError, match="one validation metric"):
         run_sweep(BenchmarkSpec(DATA, ["mf"], [421]), grid, tmp_path)
+    with pytest.raises(ConfigError, match="seeds come from --seeds N"):
+        run_sweep(BenchmarkSpec(DATA, ["mf"], [421]), parse_grid(["train.seed=1,2"]), tmp_path)
+    for bad in ("lr=,,", "=1,2"):
+        with pytest.raises(ConfigError, match="use KEY=V1,V2"):
+            parse_grid([bad])
+    with pytest.raises(ConfigError, match="a value of 'lr' repeats"):
+        parse_grid(["lr=0.1,0.1"])
+    assert not any(tmp_path.iterdir())  # refused before anything was written
 
 
 @pytest.mark.slow

@@ -287,10 +287,13 @@ class RunDir:
         out = []
         for key, n in (("users", n_users), ("items", n_items)):
             ids = raw[key]
-            if not isinstance(ids, list) or len(ids) != n:
+            flat = isinstance(ids, list) and all(
+                isinstance(i, (int, float, str)) and not isinstance(i, bool) for i in ids
+            )
+            if not flat or len(ids) != n:
                 raise DataError(
-                    f"{path}: expected a list of {n} {key[:-1]} ids under {key!r}; the run "
-                    "directory was modified or belongs to other data"
+                    f"{path}: expected a list of {n} {key[:-1]} ids (numbers or text) under "
+                    f"{key!r}; the run directory was modified or belongs to other data"
                 )
             out.append(np.asarray(ids))
         return out[0], out[1]

@@ -41,12 +41,17 @@ PERMUTATION_TEST = "paired sign-flip permutation test (two-sided)"
 def parse_metric(name: str) -> tuple[str, int]:
     """``"recall@20"`` as ``("recall", 20)``; :class:`ConfigError` unless a per-user metric."""
     from diffmm.evaluate import USER_METRICS
+    from diffmm.models.base import MAX_COUNT
 
     metric, _, k = str(name).strip().partition("@")
-    if metric not in USER_METRICS or not k.isdigit() or int(k) < 1:
+    if (
+        metric not in USER_METRICS
+        or not (k.isascii() and k.isdigit())
+        or not 1 <= int(k) <= MAX_COUNT
+    ):
         raise ConfigError(
-            f"metric must be a per-user metric at a cut-off, e.g. recall@20 "
-            f"({', '.join(USER_METRICS)}), got {name!r}"
+            f"metric must be a per-user metric at a cut-off from 1 to {MAX_COUNT}, e.g. "
+            f"recall@20 ({', '.join(USER_METRICS)}), got {name!r}"
         )
     return metric, int(k)
 

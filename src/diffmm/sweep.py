@@ -36,6 +36,10 @@ def parse_grid(grid: Sequence[str]) -> dict[str, list[str]]:
         if key in out:
             raise ConfigError(f"--grid {item!r}: {key!r} appears twice")
         out[key] = [v.strip() for v in values.split(",") if v.strip()]
+        if not key or not out[key]:
+            raise ConfigError(f"--grid {item!r}: use KEY=V1,V2,... (e.g. temp=0.1,0.5,1)")
+        if len(set(out[key])) < len(out[key]):
+            raise ConfigError(f"--grid {item!r}: a value of {key!r} repeats; give each once")
     if not out:
         raise ConfigError("give at least one --grid KEY=V1,V2,...")
     return out
@@ -47,6 +51,8 @@ def _check_distinct(model: str, names: list[str]) -> None:
     for key in names:
         own = key.startswith(f"{model}.") and "." not in key[len(model) + 1 :]
         setting = setting_of(model, key if own else key.removeprefix(f"{model}."))
+        if setting == ("train", "seed"):
+            raise ConfigError(f"--grid {key!r}: a sweep's seeds come from --seeds N, not --grid")
         if setting in seen:
             raise ConfigError(
                 f"--grid: {seen[setting]!r} and {key!r} are the same setting "

@@ -176,6 +176,25 @@ def test_csv_and_npz_features_keyed_by_item_id(tmp_path):
     assert ds.features["image"].dtype == np.float32
 
 
+def test_npz_item_ids_saved_as_whole_floats_match_integer_ids(tmp_path):
+    pd.DataFrame({"user": [0, 0, 0, 1, 1, 1], "item": [0, 1, 2, 0, 1, 2]}).to_csv(
+        tmp_path / "t.csv", index=False
+    )
+    ids = np.array([2.0, 0.0, 1.0])
+    np.savez(tmp_path / "image.features.npz", item_ids=ids, features=ids[:, None] * 10)
+    ds = load_dataset(tmp_path / "t.csv")
+    np.testing.assert_array_equal(ds.features["image"][:, 0], [0, 10, 20])
+
+
+@pytest.mark.parametrize("ids", [np.array([0.5, 1.0, 2.0]), np.array([b"0", b"1", b"2"]),
+                                 np.zeros(3, dtype="V4")])  # fmt: skip
+def test_npz_item_ids_that_are_not_integers_or_text_are_refused(tmp_path, ids):
+    pd.DataFrame({"user": [0, 0, 0], "item": [0, 1, 2]}).to_csv(tmp_path / "t.csv", index=False)
+    np.savez(tmp_path / "image.features.npz", item_ids=ids, features=np.ones((3, 2)))
+    with pytest.raises(DataError, match="'item_ids' must hold integers or text"):
+        load_dataset(tmp_path / "t.csv")
+
+
 def test_parquet_features(tmp_path):
     table = write_table(tmp_path)
     pd.DataFrame({"item": ["i1", "i2", "i3"], "x": [0.5, 1.5, 2.5]}).to_parquet(

@@ -230,7 +230,7 @@ def report_sparsity(run_dirs: tuple[Path, ...], out: Path, groups: str, force: b
     "--boot",
     default=10_000,
     show_default=True,
-    type=click.IntRange(min=1),
+    type=click.IntRange(min=1, max=1_000_000),
     help="Bootstrap resamples (and random sign patterns of the permutation test).",
 )
 @click.option("--seed", default=0, show_default=True, type=click.IntRange(min=0))

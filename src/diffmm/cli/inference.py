@@ -80,13 +80,14 @@ def evaluate(
     """
     from diffmm.errors import ConfigError
     from diffmm.inference import load
+    from diffmm.models.base import MAX_COUNT
 
     try:
         cutoffs = [int(k) for k in ks.split(",") if k.strip()]
     except ValueError:
         raise ConfigError(f"--ks {ks!r}: give positive integers such as 10,20,50") from None
-    if not cutoffs or min(cutoffs) < 1:
-        raise ConfigError(f"--ks {ks!r}: give positive integers such as 10,20,50")
+    if not cutoffs or min(cutoffs) < 1 or max(cutoffs) > MAX_COUNT:
+        raise ConfigError(f"--ks {ks!r}: give positive integers up to {MAX_COUNT} such as 10,20,50")
     names = [m.strip() for m in metrics.split(",") if m.strip()]
     rec = load(run_dir, data=data, device=device)
     result = rec.evaluate(split, ks=cutoffs, metrics=names)

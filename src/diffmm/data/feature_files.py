@@ -96,6 +96,22 @@ def features_from_dir(
     return feats
 
 
+def _npz_item_ids(f: Path, fid: np.ndarray) -> np.ndarray:
+    """The ``item_ids`` of a .npz file as integers or text, as a table's ids are read.
+
+    Whole-number floats (``0.0``, ``1.0``: ids saved through a float array) become
+    integers; bytes, other floats and other kinds are refused (DataError).
+    """
+    if fid.dtype.kind in "iuU":
+        return fid
+    if fid.dtype.kind == "f" and np.isfinite(fid).all() and (fid == np.round(fid)).all():
+        return fid.astype(np.int64)
+    raise DataError(
+        f"{f}: 'item_ids' must hold integers or text (unicode strings), not dtype {fid.dtype}; "
+        "save them as np.array(ids) of ints or of str"
+    )
+
+
 def read_feature_file(f: Path) -> tuple[np.ndarray, np.ndarray]:
     """``(item_ids, values)`` of one ``<modality>.features.*`` file."""
     import pandas as pd
@@ -119,7 +135,7 @@ def read_feature_file(f: Path) -> tuple[np.ndarray, np.ndarray]:
                 f"{f}: 'features' has shape {values.shape} for item ids of shape {fid.shape}; "
                 "it needs one row per item id (1-D 'item_ids')"
             )
-        return fid, values
+        return _npz_item_ids(f, fid), values
     df = read_table(f)
     (icol,) = require_cols(df, f, ITEM_COLS)
     if len(df) == 0:
