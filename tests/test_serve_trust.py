@@ -276,8 +276,8 @@ def test_a_token_guards_everything_but_health(rec):
             status, headers, body = client.get(path)
             assert status == 401 and headers.get("www-authenticate") == "Bearer", path
             assert "Authorization: Bearer" in body["detail"]
-            status, _, _ = client.get(path, headers={"Authorization": "Bearer wrong"})
-            assert status == 401
+            status, _, body = client.get(path, headers={"Authorization": "Bearer wrong"})
+            assert status == 401 and body["detail"] == "the token sent is not this service's token"
             status, _, _ = client.get(path, headers={"Authorization": "Basic s3cret-token"})
             assert status == 401
         status, _, _ = client.post("/recommendations", {"users": [1]})
@@ -344,13 +344,24 @@ def test_serve_prints_the_warning_before_serving(trained_run, monkeypatch, capsy
     import torch
     import uvicorn
 
-    calls: list[dict[str, Any]] = []
-    monkeypatch.setattr(uvicorn, "run", lambda app, **kw: calls.append(kw))
+    calls: list[Any] = []
+
+    class Server:  # starts, serves nothing, returns
+        def __init__(self, config):
+            calls.append(config)
+            self.started = False
+
+        def run(self, sockets):
+            assert sockets[0].getsockname()[0] == "0.0.0.0"
+            sockets[0].close()
+            self.started = True
+
+    monkeypatch.setattr(uvicorn, "Server", Server)
     monkeypatch.setattr(torch, "set_num_threads", lambda n: None)
     monkeypatch.delenv(serve_module.TOKEN_ENV, raising=False)
     serve_module.serve(trained_run, host="0.0.0.0", port=0, device="cpu")
     assert "warning:" in capsys.readouterr().err
-    assert calls and calls[0]["host"] == "0.0.0.0"
+    assert calls and calls[0].host == "0.0.0.0"
     monkeypatch.setenv(serve_module.TOKEN_ENV, "t0ken")
     serve_module.serve(trained_run, host="0.0.0.0", port=0, device="cpu")
     assert "warning:" not in capsys.readouterr().err
@@ -371,3 +382,23 @@ def test_the_serve_command_passes_its_limits_and_token(trained_run, tmp_path, mo
     assert CliRunner().invoke(main, ["serve", str(trained_run)]).exit_code == 0
     assert seen["max_body_bytes"] == serve_module.MAX_BODY_BYTES
     assert seen["max_results"] == serve_module.MAX_RESULTS and seen["token_file"] is None
+
+
+def test_a_port_in_use_is_a_one_line_error(trained_run):
+    import socket
+
+    from diffmm.cli import main
+
+    with socket.create_server(("127.0.0.1", 0)) as taken:
+        port = taken.getsockname()[1]
+        result = CliRunner().invoke(main, ["serve", str(trained_run), "--port", str(port)])
+    assert result.exit_code == 2 and "Traceback" not in result.output
+    assert f"error: cannot listen on 127.0.0.1:{port}" in result.output
+    assert "pick another --port" in result.output
+
+
+def test_metadata_stays_json_when_the_summary_holds_nan(rec, monkeypatch):
+    monkeypatch.setitem(rec.metadata, "test", {"recall@20": float("nan"), "ndcg@20": 0.5})
+    with serving(rec) as client:
+        status, _, body = client.get("/metadata")
+    assert status == 200 and body["test"] == {"recall@20": None, "ndcg@20": 0.5}

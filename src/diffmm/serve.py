@@ -30,7 +30,9 @@ import asyncio
 import hmac
 import ipaddress
 import json
+import math
 import os
+import socket
 import sys
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
@@ -77,6 +79,18 @@ def _positive_int(name: str, value: Any) -> int:
 
 def _cut(text: str, width: int = ECHO_CHARS) -> str:
     return text if len(text) <= width else text[: width - 3] + "..."
+
+
+def json_safe(obj: Any) -> Any:
+    """``obj`` with every non-finite float (NaN, ±inf, which JSON has no words for) as
+    None: a run's summary may hold them, and a response must stay valid JSON."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [json_safe(v) for v in obj]
+    return obj
 
 
 def _is_json(content_type: str) -> bool:
@@ -203,11 +217,12 @@ def create_app(
     ) -> None:
         given = credentials.credentials.encode("latin-1") if credentials else b""
         if not hmac.compare_digest(given, token.encode("ascii")):
-            raise HTTPException(
-                401,
-                "this service needs a token: send the header Authorization: Bearer <token>",
-                headers={"WWW-Authenticate": "Bearer"},
+            detail = (
+                "the token sent is not this service's token"
+                if credentials
+                else "this service needs a token: send the header Authorization: Bearer <token>"
             )
+            raise HTTPException(401, detail, headers={"WWW-Authenticate": "Bearer"})
 
     async def json_body(request: Request) -> None:
         content_type = request.headers.get("content-type")
@@ -262,7 +277,7 @@ def create_app(
     @guarded.get("/metadata")
     async def metadata() -> JSONResponse:
         limits = {"max_k": k_limit, "max_batch": MAX_BATCH_USERS, "max_results": max_results}
-        return JSONResponse({**rec.metadata, **limits})
+        return JSONResponse(json_safe({**rec.metadata, **limits}))
 
     @guarded.get("/users/{user_id}/recommendations")
     async def user_recommendations(
@@ -380,4 +395,22 @@ def serve(
     warning = exposure_warning(host, token)
     if warning:
         print(f"warning: {warning}", file=sys.stderr, flush=True)
-    uvicorn.run(app, host=host, port=port, log_level="info", access_log=access_log)
+    listener = listen(host, port)  # bound here, so that a taken port is one line
+    server = uvicorn.Server(
+        uvicorn.Config(app, host=host, port=port, log_level="info", access_log=access_log)
+    )
+    server.run(sockets=[listener])
+    if not server.started:
+        raise ConfigError(f"the service on {host}:{port} did not start; see the lines above")
+
+
+def listen(host: str, port: int) -> socket.socket:
+    """A TCP socket listening on ``host:port``; ConfigError (one line) where it cannot."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    try:
+        return socket.create_server((host, port), family=family)
+    except OSError as exc:
+        raise ConfigError(
+            f"cannot listen on {host}:{port} ({exc.strerror or exc}); pick another --port, "
+            "or stop the program that uses it"
+        ) from None
