@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 import pytest
 import scipy.sparse as sp
 
@@ -128,6 +129,11 @@ def _fifo_features(d: Path) -> Path:
     return table(d, SPLIT_TABLE)
 
 
+def _parquet_ids(d: Path, values: Any) -> Path:
+    pd.DataFrame({"user": values, "item": [1, 2, 3]}).to_parquet(d / "t.parquet")
+    return d / "t.parquet"
+
+
 def _features_header_only(d: Path) -> Path:
     (d / "image.features.csv").write_text("item,x,y\n")
     return table(d, SPLIT_TABLE)
@@ -207,6 +213,11 @@ DATA_CASES = [
          ["{d}/t.csv: not a regular file (a pipe, socket or device)", "save the data to a file"]),
     case("fifo-as-features", _fifo_features,
          ["{d}/image.features.csv: not a regular file"]),
+    case("datetime-user-ids", lambda d: _parquet_ids(d, pd.to_datetime(["2024-01-01"] * 3)),
+         ["{d}/t.parquet: column 'user' holds datetime64[",
+          "user ids must be integers or text"]),
+    case("bytes-user-ids", lambda d: _parquet_ids(d, [b"a", b"b", b"c"]),
+         ["{d}/t.parquet: column 'user' holds bytes values", "convert the column"]),
     case("feature-file-header-only", _features_header_only,
          ["{d}/image.features.csv: has a header but no rows", "one row of features per item"]),
     case("bad-synthetic-value", lambda d: "synthetic:n_users=abc",

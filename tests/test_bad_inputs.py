@@ -68,6 +68,9 @@ def train_cli(tmp_path: Path, *options: Any, model: str = "lightgcn") -> Result:
                           "(e.g. train.epochs=5)"]),
         ("optim.lr=0.1", ["unknown section 'optim' in 'optim.lr'; use 'train' or 'lightgcn'"]),
         ("train.device=tpu", ["unknown device 'tpu'; use 'auto', 'cpu' or 'cuda[:i]'"]),
+        ("train.device=meta", ["device 'meta': diffmm runs on 'auto', 'cpu' or 'cuda[:i]'"]),
+        ("train.device=mps", ["device 'mps': diffmm runs on"]),
+        ("train.device=cpu:3", ["device 'cpu:3': diffmm runs on"]),
     ],
 )  # fmt: skip
 def test_bad_override(tmp_path: Path, assignment: str, needles: list[str]) -> None:
@@ -312,6 +315,11 @@ def test_recommend_from_a_directory_that_is_not_a_run(tmp_path: Path) -> None:
 )  # fmt: skip
 def test_bad_recommend(trained_run: Path, options: list[str], needles: list[str]) -> None:
     assert_says(user_error(cli("recommend", trained_run, *options)), *needles)
+
+
+def test_evaluate_on_a_device_diffmm_does_not_run_on(trained_run: Path) -> None:
+    message = user_error(cli("evaluate", trained_run, "--device", "mps"))
+    assert_says(message, "device 'mps': diffmm runs on 'auto', 'cpu' or 'cuda[:i]'")
 
 
 HUGE_K = "9" * 20  # no int64 holds it

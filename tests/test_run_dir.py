@@ -361,6 +361,28 @@ def test_errors_are_refused_as_diffmm_errors() -> None:
             run.create(resolve_config("mf"), DataRef.of(DATA).load(), None)
 
 
+def test_a_run_whose_metadata_cannot_be_written_leaves_the_folder_empty(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import diffmm.checkpoint as checkpoint
+
+    real = checkpoint.atomic_write_json
+
+    def fail_on_ids(path, obj, **kw):
+        if Path(path).name == "ids.json":
+            raise TypeError("Object of type datetime is not JSON serializable")
+        real(path, obj, **kw)
+
+    monkeypatch.setattr(checkpoint, "atomic_write_json", fail_on_ids)
+    run = RunDir(Path("new"))
+    with pytest.raises(TypeError), run.owned():
+        run.create(resolve_config("mf"), DataRef.of(DATA).load(), None)
+    assert not Path("new").exists() or [p.name for p in Path("new").iterdir()] == []
+    monkeypatch.setattr(checkpoint, "atomic_write_json", real)
+    with run.owned():  # the same --out takes the retry
+        run.create(resolve_config("mf"), DataRef.of(DATA).load(), None)
+
+
 def test_running_out_of_memory_is_one_line_and_leaves_no_run(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:

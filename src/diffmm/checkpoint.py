@@ -165,20 +165,24 @@ class RunDir:
             )
         run_id = uuid.uuid4().hex
         fingerprint = dataset.fingerprint()
-        self._write_new(
-            CONFIG, lambda p: atomic_write_json(p, {**run_config.to_dict(), "run_id": run_id})
-        )
-        self._write_new(
-            DATASET,
-            lambda p: atomic_write_json(
-                p, {"load": asdict(data_ref) if data_ref else None, "fingerprint": fingerprint}
-            ),
-        )
         ids = {
             "users": _ids_list(dataset.user_ids, dataset.n_users),
             "items": _ids_list(dataset.item_ids, dataset.n_items),
         }
-        self._write_new(IDS, lambda p: atomic_write_json(p, ids, indent=None))
+        try:  # all three or none: a retry with the same --out must find the folder empty
+            self._write_new(
+                CONFIG, lambda p: atomic_write_json(p, {**run_config.to_dict(), "run_id": run_id})
+            )
+            self._write_new(
+                DATASET,
+                lambda p: atomic_write_json(
+                    p, {"load": asdict(data_ref) if data_ref else None, "fingerprint": fingerprint}
+                ),
+            )
+            self._write_new(IDS, lambda p: atomic_write_json(p, ids, indent=None))
+        except BaseException:
+            self.discard_new()
+            raise
         return run_id
 
     def _write_new(self, name: str, write: Any) -> None:

@@ -43,8 +43,15 @@ def resolve_device(device: str = "auto") -> torch.device:
         dev = torch.device(device)
     except (RuntimeError, ValueError) as exc:
         raise ConfigError(f"unknown device {device!r}; use 'auto', 'cpu' or 'cuda[:i]'") from exc
+    if dev.type not in ("cpu", "cuda") or (dev.type == "cpu" and dev.index not in (None, 0)):
+        raise ConfigError(f"device {device!r}: diffmm runs on 'auto', 'cpu' or 'cuda[:i]'")
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError(f"device {device!r} requested but CUDA is not available; use 'cpu'")
+    if dev.type == "cuda" and (dev.index or 0) >= torch.cuda.device_count():
+        raise ConfigError(
+            f"device {device!r}: this machine has {torch.cuda.device_count()} CUDA device(s), "
+            "numbered from 0"
+        )
     return dev
 
 

@@ -178,12 +178,22 @@ def raw_ids(values: pd.Series, path: Path, kind: str) -> np.ndarray:
         )
         if wrong.any():
             first = arr[np.flatnonzero(wrong)[0]]
-            what = "list" if isinstance(first, (list, tuple, np.ndarray)) else type(first).__name__
+            if isinstance(first, (list, tuple, np.ndarray)):
+                raise DataError(
+                    f"{path}: column {values.name!r} holds list values "
+                    f"(e.g. {np.asarray(first).tolist()!r}) in {wrong.sum()} row(s); a {kind} "
+                    "column needs one id per row - explode the lists into one row per id"
+                )
             raise DataError(
-                f"{path}: column {values.name!r} holds {what} values "
-                f"(e.g. {np.asarray(first).tolist()!r}) in {wrong.sum()} row(s); a {kind} "
-                "column needs one id per row - explode the lists into one row per id"
+                f"{path}: column {values.name!r} holds {type(first).__name__} values "
+                f"(e.g. {first!r}) in {wrong.sum()} row(s); {kind} ids must be integers or "
+                "text - convert the column"
             )
+    if arr.dtype.kind in "mMVc":  # dates, durations, raw bytes, complex numbers
+        raise DataError(
+            f"{path}: column {values.name!r} holds {values.dtype} values; {kind} ids must be "
+            "integers or text - convert the column"
+        )
     missing = values.isna().to_numpy().copy()
     if arr.dtype.kind in "OUS":
         text = np.char.strip(np.where(missing, "", arr).astype(str))
