@@ -138,6 +138,12 @@ def test_missing_config_file(tmp_path: Path) -> None:
     assert_says(message, f"config file {path} does not exist")
 
 
+def test_train_without_a_model_names_the_option(tmp_path: Path) -> None:
+    message = user_error(cli("train", "--data", TINY, "--out", tmp_path / "run"))
+    assert_says(message, "--model is required (e.g. --model diffmm", "`diffmm models`")
+    assert not (tmp_path / "run").exists()
+
+
 def test_a_config_file_nested_too_deeply(tmp_path: Path) -> None:
     path = tmp_path / "deep.toml"
     path.write_text("a = " + "[" * 3000 + "]" * 3000 + "\n")

@@ -68,7 +68,7 @@ def train(
     resume: Path | None,
 ) -> None:
     """Train a model with validation-based selection; test is scored once at the end."""
-    from diffmm.config import resolve_config
+    from diffmm.config import load_config_file, resolve_config
     from diffmm.distributed import launched_as_main
     from diffmm.errors import ConfigError
     from diffmm.trainer import train as run_training
@@ -84,6 +84,11 @@ def train(
         if source.data is None:
             raise ConfigError("--data is required (or --resume RUN_DIR to continue a run)")
         run_config = resolve_config(model, preset, config_file, overrides)
+        if model is None and not (config_file and load_config_file(config_file).get("model")):
+            raise ConfigError(
+                "--model is required (e.g. --model diffmm; `diffmm models` lists them), or a "
+                'model = "..." line in --config'
+            )
         data_ref = source.ref()
         dataset = data_ref.load()
         run_dir = out or _default_run_dir(run_config.model, dataset.name)
