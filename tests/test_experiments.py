@@ -271,6 +271,14 @@ def test_a_sweep_refuses_a_run_of_another_model_or_settings_before_training_any(
     assert same.exit_code == 0 and "reusing finished run" in same.output, same.output
 
 
+def test_a_benchmark_refuses_a_model_or_a_seed_given_twice_before_training_any(tmp_path):
+    result = invoke("benchmark", "--data", DATA, "--models", "mf,,mf", "--out", str(tmp_path / "b"))
+    assert result.exit_code == 2 and "--models names mf twice" in result.output
+    with pytest.raises(ConfigError, match=r"the seeds \[1, 1\] repeat one"):
+        BenchmarkSpec(DATA, ["mf"], [1, 1]).validate()
+    assert not (tmp_path / "b").exists()
+
+
 def test_a_benchmark_refuses_a_run_on_other_data_before_training_any(tmp_path):
     args = ["benchmark", "--models", "mf", "--seeds", "1", "--set", "train.epochs=1",
             "--no-plots", "--out", str(tmp_path)]  # fmt: skip

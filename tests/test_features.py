@@ -98,3 +98,22 @@ def test_an_empty_token_separator_is_refused(tables, tmp_path):
     args = ["features", "multihot", str(items), "--column", "class", "--sep", "", "--out"]
     result = CliRunner().invoke(main, [*args, str(tmp_path)])
     assert result.exit_code == 2 and "--sep must not be empty" in result.output
+
+
+@pytest.mark.parametrize("columns", ["", ","])
+def test_text_features_of_no_column_are_refused(tables, tmp_path, columns):
+    items, _ = tables
+    args = ["features", "text", str(items), "--columns", columns, "--out", str(tmp_path / "t")]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 2 and "Traceback" not in result.output
+    assert "name at least one column" in result.output
+    assert not (tmp_path / "t").exists()
+
+
+def test_an_item_table_with_a_blank_item_id_is_refused(tmp_path):
+    items = tmp_path / "items.csv"
+    items.write_text("item,class\nm1,Comedy\n ,Drama\n")
+    args = ["features", "multihot", str(items), "--column", "class", "--out", str(tmp_path / "o")]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 2 and "1 row(s) have no item id" in result.output
+    assert not (tmp_path / "o").exists()

@@ -134,8 +134,13 @@ class BenchmarkSpec:
                 f"unknown model(s) {unknown or '(none given)'}; available: "
                 f"{', '.join(model_names())}"
             )
+        repeated = sorted({m for m in self.models if self.models.count(m) > 1})
+        if repeated:
+            raise ConfigError(f"--models names {', '.join(repeated)} twice; give each model once")
         if not self.seeds:
             raise ConfigError("give at least one seed")
+        if len(set(self.seeds)) < len(self.seeds):
+            raise ConfigError(f"the seeds {self.seeds} repeat one; give each seed once")
         for assignment in self.sets:
             key = assignment.partition("=")[0].strip()
             section, _, name = key.rpartition(".")

@@ -28,6 +28,8 @@ TEXT_MODEL = "all-MiniLM-L6-v2"
 
 def _columns(df: pd.DataFrame, path: Path, names: list[str]) -> list[str]:
     """The table's columns named ``names`` (typed headers such as ``title:token`` match)."""
+    if not names:
+        raise DataError(f"{path}: name at least one column (e.g. --columns title,genres)")
     by_name = {_clean(c): c for c in df.columns}
     missing = [n for n in names if _clean(n) not in by_name]
     if missing:
@@ -46,6 +48,9 @@ def read_item_table(path: str | Path) -> tuple[pd.DataFrame, str]:
         raise DataError(f"{path}: no item id column (one of {ITEM_COLS})")
     if df.empty:
         raise DataError(f"{path}: the table has no rows")
+    blank = (df[id_col].str.strip() == "").to_numpy()
+    if blank.any():
+        raise DataError(f"{path}: {int(blank.sum())} row(s) have no item id; fill or drop them")
     if df[id_col].duplicated().any():
         raise DataError(f"{path}: some item ids appear on several rows; keep one row per item")
     return df, id_col
