@@ -211,6 +211,16 @@ def test_resume_of_a_finished_run_without_last_pt_keeps_its_results(run_copy: Pa
     assert {name: (run_copy / name).read_bytes() for name in before} == before
 
 
+def test_resume_of_a_run_without_ids_json_writes_it_again(run_copy: Path) -> None:
+    ids = (run_copy / "ids.json").read_text()
+    (run_copy / "ids.json").unlink()
+    result = cli("train", "--resume", run_copy)
+    assert result.exit_code == 0, result.output
+    assert (run_copy / "ids.json").read_text() == ids
+    assert "had no ids.json; written again from the data" in result.output
+    assert cli("recommend", run_copy, "--user", "1").exit_code == 0
+
+
 def test_resume_a_directory_that_is_not_a_run(tmp_path: Path) -> None:
     (tmp_path / "notes").mkdir()
     message = user_error(cli("train", "--resume", tmp_path / "notes"))

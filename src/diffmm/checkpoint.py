@@ -284,6 +284,17 @@ class RunDir:
             f"was trained on ({'; '.join(diffs) or 'fingerprints differ'}); pass the original data"
         )
 
+    def restore_ids(self, dataset: Dataset) -> bool:
+        """Write ``ids.json`` again from ``dataset`` (checked to be the run's data) if it is
+        missing, so that the resumed run can be loaded; whether it was missing."""
+        self._require_owner()
+        if (self.path / IDS).exists():
+            return False
+        ids = {k: _ids_list(getattr(dataset, f"{k[:-1]}_ids"), getattr(dataset, f"n_{k}"))
+               for k in ("users", "items")}  # fmt: skip
+        atomic_write_json(self.path / IDS, ids, indent=None)
+        return True
+
     def read_ids(self, n_users: int, n_items: int) -> tuple[np.ndarray, np.ndarray]:
         """Raw user and item ids: ``users[u]`` is the raw id of user index ``u``."""
         path = self.path / IDS

@@ -40,7 +40,7 @@ from diffmm.checkpoint import DataRef, RunDir
 from diffmm.config import RunConfig, TrainConfig
 from diffmm.data.dataset import Dataset
 from diffmm.ema import averaged
-from diffmm.epoch_log import Reporter, has_epoch_work, metrics_text
+from diffmm.epoch_log import Reporter, has_epoch_work, logger, metrics_text
 from diffmm.errors import ConfigError
 from diffmm.evaluate import METRICS, evaluate, sample_users
 from diffmm.models import get_model_class
@@ -380,6 +380,8 @@ def train(
                 if resume:
                     run.require_run()
                     run.check_fingerprint(dataset)
+                    if run.restore_ids(dataset):
+                        logger.warning("%s had no ids.json; written again from the data", run.path)
                 else:
                     run.create(run_config, dataset, data_ref)
         try:
