@@ -240,6 +240,22 @@ def test_a_diverged_model_is_never_selected_saved_or_reported() -> None:
         assert all(torch.isfinite(v).all() for v in state["model"].values())
 
 
+def test_a_loss_that_is_not_finite_before_any_update_blames_the_data_not_the_lr(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from diffmm.models.mf import MF
+
+    real_loss = MF.loss
+    monkeypatch.setattr(
+        MF, "loss", lambda self, b: {**real_loss(self, b), "bpr": torch.tensor(1e39)}
+    )
+    message = user_error(cli("train", "--model", "mf", "--data", DATA, "--out", "run", *QUICK))
+    assert "diverged in epoch 1: non-finite loss" in message and "at step 1" in message
+    assert "the data or the model's settings, not the learning rate" in message
+    assert "epoch 0" not in message and "train.lr=" not in message
+    assert not Path("run").exists()
+
+
 def test_a_non_finite_parameter_after_the_per_epoch_phase_stops_the_run(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -256,6 +272,7 @@ def test_a_non_finite_parameter_after_the_per_epoch_phase_stops_the_run(
     assert "diverged in epoch 1: non-finite parameter 'user_embedding.weight' after the per-" in (
         message
     )
+    assert "Likely cause: train.lr=0.001 too large" in message and "epoch 0" not in message
     # nothing half-made: the same --out can be used again at once
     assert not Path("run").exists()
     assert cli("train", "--model", "mf", "--data", DATA, "--out", "run", *QUICK).exit_code == 0

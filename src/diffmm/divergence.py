@@ -18,20 +18,37 @@ from torch import Tensor, nn
 from diffmm import distributed
 from diffmm.errors import DivergedError
 
+#: The cause named when the loss is not finite before any parameter was updated.
+BEFORE_ANY_UPDATE = (
+    "the data or the model's settings, not the learning rate: the loss is not finite "
+    "before the first update (look for huge or non-finite feature values)"
+)
+
 
 def diverged(
-    epoch: int, what: str, setting: str, values: dict[str, float], kept: Path | None
+    epoch: int,
+    what: str,
+    settings: list[str],
+    values: dict[str, float],
+    kept: Path | None,
+    before_any_update: bool = False,
 ) -> NoReturn:
-    """Raise :class:`DivergedError`: what went non-finite, where, and the likely setting.
+    """Raise :class:`DivergedError`: what went non-finite, where, and the likely settings.
 
-    ``values`` gives the current value of the settings that can be named
-    (``{"train.lr": 0.001}``); ``kept`` is the run directory holding the previous epoch.
+    ``settings`` are the settings that could have caused it, most likely first;
+    ``values`` gives the current value of those that can be named (``{"train.lr":
+    0.001}``); ``kept`` is the run directory, which holds the state after the previous
+    epoch from epoch 2 on. ``before_any_update``: no parameter had been updated yet.
     """
-    where = f"; {kept} keeps the state after epoch {epoch - 1}" if kept is not None else ""
-    hint = f"{setting}={values[setting]:g}" if setting in values else setting
+    where = f"; {kept} keeps the state after epoch {epoch - 1}" if kept and epoch > 1 else ""
+    if before_any_update:
+        cause = BEFORE_ANY_UPDATE
+    else:
+        named = [f"{s}={values[s]:g}" if s in values else s for s in settings]
+        cause = f"{' or '.join(named)} too large, or unstable settings; lower it"
     raise DivergedError(
         f"training diverged in epoch {epoch}: non-finite {what}{where}. Likely cause: "
-        f"{hint} is too large or the settings are unstable; lower it and start a new run"
+        f"{cause}, and start a new run"
     )
 
 

@@ -140,7 +140,8 @@ class Trainer:
             bad = divergence.non_finite_losses(losses, self.device)
             if bad:
                 bar.close()
-                self._diverged(epoch, f"loss {bad} at step {n_steps + 1}", "train.lr")
+                first = epoch == 1 and n_steps == 0  # before any update of this run
+                self._diverged(epoch, f"loss {bad} at step {n_steps + 1}", "train.lr", first)
             optimizer.zero_grad(set_to_none=True)
             total.backward()
             optimizer.step()
@@ -157,9 +158,13 @@ class Trainer:
         return means
 
     # ------------------------------------------------------------------ divergence
-    def _diverged(self, epoch: int, what: str, setting: str) -> NoReturn:
+    def _diverged(
+        self, epoch: int, what: str, setting: str, before_any_update: bool = False
+    ) -> NoReturn:
         kept = self.run.path if self.run is not None else None
-        divergence.diverged(epoch, what, setting, {"train.lr": self.config.lr}, kept)
+        settings = list(dict.fromkeys([setting, "train.lr"]))  # the phase's own, then lr
+        values = {"train.lr": self.config.lr}
+        divergence.diverged(epoch, what, settings, values, kept, before_any_update)
 
     def _check_parameters(self, epoch: int, phase: str, setting: str) -> None:
         """Once per phase: every floating parameter and buffer of the model is finite."""
