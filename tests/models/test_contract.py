@@ -101,6 +101,7 @@ def test_data_without_needed_features_are_refused_with_a_hint(name):
         with pytest.raises(DataError, match="no item features") as info:
             cls.check_data(config(name), ids_only)
         assert "--model lightgcn" in str(info.value) and "--model mf" in str(info.value)
+        assert "<modality>.features.csv" in str(info.value) and "_feat.npy" in str(info.value)
         with pytest.raises(DataError, match="no item features"):
             cls(config(name), ids_only)
     else:  # an ID-only model: the hint's own suggestions must work

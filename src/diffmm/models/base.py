@@ -57,8 +57,9 @@ def require_features(dataset: Dataset, model: str) -> None:
 
         raise DataError(
             f"dataset {dataset.name!r} has no item features, and {model} needs at least one "
-            "modality (e.g. image_feat.npy). Train an ID-only model instead: "
-            "--model lightgcn or --model mf."
+            "modality: next to a table, <modality>.features.csv/.tsv/.parquet/.npz files "
+            "(or --features DIR); next to the authors' or MMRec files, <modality>_feat.npy. "
+            "Or train an ID-only model: --model lightgcn or --model mf."
         )
 
 
