@@ -221,6 +221,14 @@ def test_resume_of_a_run_without_ids_json_writes_it_again(run_copy: Path) -> Non
     assert cli("recommend", run_copy, "--user", "1").exit_code == 0
 
 
+def test_resume_may_change_how_a_run_runs_but_not_what_it_computes(run_copy: Path) -> None:
+    same = cli("train", "--resume", run_copy, "--set", "train.progress=false",
+               "--set", "train.device=cpu", "--set", "train.eval_batch_size=7")  # fmt: skip
+    assert same.exit_code == 0, same.output
+    config = json.loads((run_copy / "config.json").read_text())
+    assert config["train"]["eval_batch_size"] != 7  # the run's record stays its own
+
+
 def test_resume_a_directory_that_is_not_a_run(tmp_path: Path) -> None:
     (tmp_path / "notes").mkdir()
     message = user_error(cli("train", "--resume", tmp_path / "notes"))
@@ -233,7 +241,7 @@ def test_resume_a_directory_that_is_not_a_run(tmp_path: Path) -> None:
     [
         case("other-settings", ["--set", "train.epochs=5"],
              ["the settings given differ from those of the run in {run}",
-              "drop --model/--preset/--config/--set"]),
+              "train.epochs: 3 in the run, 5 asked", "drop --model/--preset/--config/--set"]),
         case("other-model", ["--model", "mf"], ["the settings given differ"]),
         case("other-out", ["--out", "elsewhere"],
              ["--out elsewhere and --resume {run} name different runs; drop --out"]),

@@ -420,8 +420,9 @@ def _read_object(path: Path, keys: tuple[str, ...]) -> dict[str, Any]:
     """A JSON object with at least ``keys``; DataError naming the file otherwise."""
     obj = read_json(path)
     if not isinstance(obj, dict) or not set(keys) <= set(obj):
+        with_keys = f" with keys {list(keys)}" if keys else ""
         raise DataError(
-            f"{path}: expected a JSON object with keys {list(keys)}; the run directory is "
+            f"{path}: expected a JSON object{with_keys}; the run directory is "
             "damaged (was this file edited?)"
         )
     return obj

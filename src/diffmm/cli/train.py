@@ -153,23 +153,32 @@ def _resume_inputs(
     data's fingerprint is checked, so either may have moved).
     """
     from diffmm.checkpoint import RunDir
-    from diffmm.config import resolve_config
+    from diffmm.config import apply_override, resolve_config, run_config_from_dict
     from diffmm.errors import ConfigError
+    from diffmm.reuse import config_differences
 
     if out is not None and out.resolve() != run_dir.resolve():
         raise ConfigError(f"--out {out} and --resume {run_dir} name different runs; drop --out")
     run = RunDir(run_dir)
     run.require_run()
     stored = run.read_config()
-    if model or preset or config_file or overrides:
-        given = resolve_config(model or stored.model, preset, config_file, overrides).to_dict()
-        if given != stored.to_dict():
-            raise ConfigError(
-                f"the settings given differ from those of the run in {run_dir}; a run "
-                "continues with its own configuration: drop --model/--preset/--config/--set "
-                "or start a new run with another --out"
-            )
+    if model or preset or config_file:  # a whole configuration, resolved from the defaults
+        wanted = resolve_config(model or stored.model, preset, config_file, overrides)
+    else:  # --set alone changes the run's own configuration
+        raw = stored.to_dict()
+        for assignment in overrides:
+            apply_override(raw, stored.model, assignment)
+        wanted = run_config_from_dict(raw)
+    differences = config_differences(stored, wanted)
+    if wanted.model != stored.model or differences:
+        raise ConfigError(
+            f"the settings given differ from those of the run in {run_dir} "
+            f"({'; '.join(differences) or f'model {wanted.model}, not {stored.model}'}); a run "
+            "continues with its own configuration: drop --model/--preset/--config/--set "
+            "(only how it runs may change: device, progress, tensorboard, eval_batch_size, "
+            "reuse_freed_memory_mb) or start a new run with another --out"
+        )
     data_ref = run.data_ref(moved_to=data)
     if cache_dir is not None:
         data_ref = replace(data_ref, cache_dir=str(Path(cache_dir).expanduser().resolve()))
-    return stored, data_ref.load(), data_ref
+    return wanted, data_ref.load(), data_ref
