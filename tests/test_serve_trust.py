@@ -27,6 +27,7 @@ from helpers import free_port
 pytest.importorskip("fastapi", reason="serving needs the [serve] extra")
 
 from diffmm import serve as serve_module  # noqa: E402
+from diffmm import serve_access  # noqa: E402
 from diffmm.serve import create_app  # noqa: E402
 
 RECS = "/users/{}/recommendations"
@@ -291,17 +292,17 @@ def test_a_token_guards_everything_but_health(rec):
 
 
 def test_the_token_comes_from_a_file_or_the_environment(tmp_path, monkeypatch):
-    monkeypatch.delenv(serve_module.TOKEN_ENV, raising=False)
-    assert serve_module.read_token(None) is None
+    monkeypatch.delenv(serve_access.TOKEN_ENV, raising=False)
+    assert serve_access.read_token(None) is None
     path = tmp_path / "token"
     path.write_text("  abc123\n")
-    assert serve_module.read_token(path) == "abc123"
-    monkeypatch.setenv(serve_module.TOKEN_ENV, "from-env")
-    assert serve_module.read_token(None) == "from-env"
-    assert serve_module.read_token(path) == "abc123"  # the file wins
-    monkeypatch.setenv(serve_module.TOKEN_ENV, "")
-    with pytest.raises(ConfigError, match=serve_module.TOKEN_ENV):
-        serve_module.read_token(None)
+    assert serve_access.read_token(path) == "abc123"
+    monkeypatch.setenv(serve_access.TOKEN_ENV, "from-env")
+    assert serve_access.read_token(None) == "from-env"
+    assert serve_access.read_token(path) == "abc123"  # the file wins
+    monkeypatch.setenv(serve_access.TOKEN_ENV, "")
+    with pytest.raises(ConfigError, match=serve_access.TOKEN_ENV):
+        serve_access.read_token(None)
 
 
 @pytest.mark.parametrize("case", ["empty", "missing", "directory"])
@@ -333,11 +334,11 @@ def test_a_bad_token_file_is_a_one_line_error(trained_run, tmp_path, case):
     ],
 )
 def test_a_non_loopback_address_without_a_token_is_warned_about(host, warned):
-    message = serve_module.exposure_warning(host, token=None)
+    message = serve_access.exposure_warning(host, token=None)
     assert (message is not None) == warned
     if warned:
-        assert host in message and "--token-file" in message and serve_module.TOKEN_ENV in message
-    assert serve_module.exposure_warning(host, token="t") is None
+        assert host in message and "--token-file" in message and serve_access.TOKEN_ENV in message
+    assert serve_access.exposure_warning(host, token="t") is None
 
 
 def test_serve_prints_the_warning_before_serving(trained_run, monkeypatch, capsys):
@@ -358,11 +359,11 @@ def test_serve_prints_the_warning_before_serving(trained_run, monkeypatch, capsy
 
     monkeypatch.setattr(uvicorn, "Server", Server)
     monkeypatch.setattr(torch, "set_num_threads", lambda n: None)
-    monkeypatch.delenv(serve_module.TOKEN_ENV, raising=False)
+    monkeypatch.delenv(serve_access.TOKEN_ENV, raising=False)
     serve_module.serve(trained_run, host="0.0.0.0", port=0, device="cpu")
     assert "warning:" in capsys.readouterr().err
     assert calls and calls[0].host == "0.0.0.0"
-    monkeypatch.setenv(serve_module.TOKEN_ENV, "t0ken")
+    monkeypatch.setenv(serve_access.TOKEN_ENV, "t0ken")
     serve_module.serve(trained_run, host="0.0.0.0", port=0, device="cpu")
     assert "warning:" not in capsys.readouterr().err
 

@@ -28,11 +28,8 @@ off; serving on a non-loopback address without one prints a warning.
 # which name classes defined inside create_app.
 import asyncio
 import hmac
-import ipaddress
 import json
 import math
-import os
-import socket
 import sys
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
@@ -41,6 +38,7 @@ from typing import Any
 
 from diffmm.errors import ConfigError
 from diffmm.inference import MAX_K, TrainedRecommender
+from diffmm.serve_access import check_token, exposure_warning, listen, read_token
 
 #: Most users one POST /recommendations may ask for.
 MAX_BATCH_USERS = 1000
@@ -52,8 +50,6 @@ MAX_RESULTS = 100_000
 SCORING_THREADS = 1
 #: Results (users x k) of a POST /recommendations scored, encoded and sent at a time.
 CHUNK_RESULTS = 20_000
-#: Environment variable with the bearer token, if no ``token_file`` is given.
-TOKEN_ENV = "DIFFMM_SERVE_TOKEN"
 #: Characters of a user-given name (an id, a field) echoed back in an error message.
 ECHO_CHARS = 40
 
@@ -308,60 +304,6 @@ def create_app(
     return app
 
 
-def check_token(token: str) -> str:
-    """``token`` if it can be sent as a bearer token, else :class:`ConfigError`."""
-    if not token or not token.isascii() or not token.isprintable() or " " in token:
-        raise ConfigError("the token must be one line of printable ASCII characters without spaces")
-    return token
-
-
-def read_token(token_file: str | Path | None) -> str | None:
-    """The bearer token: the first line of ``token_file``, else ``$DIFFMM_SERVE_TOKEN``."""
-    if token_file is not None:
-        path = Path(token_file)
-        try:
-            text = path.read_text(encoding="utf-8")
-        except (OSError, UnicodeDecodeError) as exc:
-            why = getattr(exc, "strerror", None) or str(exc)
-            raise ConfigError(f"{path}: cannot read the token file ({why})") from None
-        token = text.strip()
-        if not token:
-            raise ConfigError(f"{path}: the token file is empty; put the token in it")
-        try:
-            return check_token(token)
-        except ConfigError as exc:
-            raise ConfigError(f"{path}: {exc}") from None
-    token = os.environ.get(TOKEN_ENV)
-    if token is None:
-        return None
-    if not token.strip():
-        raise ConfigError(f"{TOKEN_ENV} is set but empty: set it to the token, or unset it")
-    try:
-        return check_token(token.strip())
-    except ConfigError as exc:
-        raise ConfigError(f"{TOKEN_ENV}: {exc}") from None
-
-
-def is_loopback(host: str) -> bool:
-    """Whether ``host`` is a loopback address (127.0.0.0/8, ::1) or ``localhost``."""
-    if host.strip().lower().rstrip(".") == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host.strip().strip("[]")).is_loopback
-    except ValueError:
-        return False
-
-
-def exposure_warning(host: str, token: str | None) -> str | None:
-    """What to warn about when serving on ``host`` (None: nothing)."""
-    if token is not None or is_loopback(host):
-        return None
-    return (
-        f"--host {host} is not a loopback address and no token is set: anyone who can "
-        f"reach this port can query the model; pass --token-file FILE or set {TOKEN_ENV}"
-    )
-
-
 def serve(
     run_dir: str | Path,
     host: str = "127.0.0.1",
@@ -402,15 +344,3 @@ def serve(
     server.run(sockets=[listener])
     if not server.started:
         raise ConfigError(f"the service on {host}:{port} did not start; see the lines above")
-
-
-def listen(host: str, port: int) -> socket.socket:
-    """A TCP socket listening on ``host:port``; ConfigError (one line) where it cannot."""
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    try:
-        return socket.create_server((host, port), family=family)
-    except OSError as exc:
-        raise ConfigError(
-            f"cannot listen on {host}:{port} ({exc.strerror or exc}); pick another --port, "
-            "or stop the program that uses it"
-        ) from None
