@@ -201,8 +201,20 @@ def raw_ids(values: pd.Series, path: Path, kind: str) -> np.ndarray:
         arr = text
     if missing.any():
         raise DataError(f"{path}: {int(missing.sum())} row(s) have no {kind} id; fill or drop them")
-    if arr.dtype.kind == "f" and np.all(arr == np.round(arr)):
+    whole = (
+        (np.isfinite(arr) & (arr == np.round(arr)) & (np.abs(arr) < 2**63))
+        if (arr.dtype.kind == "f")
+        else None
+    )
+    if whole is not None and whole.all():
         arr = arr.astype(np.int64)
+    elif whole is not None:  # ids as written could not be matched: "0" is read as 0.0
+        first = arr[np.flatnonzero(~whole)[0]]
+        raise DataError(
+            f"{path}: column {values.name!r} holds numbers that are not integers (e.g. "
+            f"{float(first)!r}); {kind} ids must be integers or text - fix those rows or "
+            "quote the ids"
+        )
     elif arr.dtype.kind == "U" and _all_integers(arr):
         arr = arr.astype(np.int64)  # ids such as " 7" in a column that is otherwise numbers
     return arr
