@@ -347,3 +347,17 @@ def test_dataset_ids_match_exactly_as_given() -> None:
     for bad in (["u2\x00"], [" u2"], ["U2"]):
         with pytest.raises(DataError, match="unknown user id"):
             data.user_index(bad)
+
+
+def test_ids_beyond_int64_match_as_written() -> None:
+    from helpers import make_dataset
+
+    data = make_dataset(np.eye(3))
+    big = 18446744073709551000  # read from a table as uint64
+    data.user_ids = np.array([big, 5, 2**63], dtype=np.uint64)
+    assert data.user_index([str(big), "5", str(2**63)]).tolist() == [0, 1, 2]
+    assert data.user_index(np.array([big], dtype=np.uint64)).tolist() == [0]
+    assert data.user_index([5]).tolist() == [1]
+    for bad in (["05"], [str(2**64)], ["-5"], [" 5"], [5.0]):
+        with pytest.raises(DataError, match="unknown user id"):
+            data.user_index(bad)

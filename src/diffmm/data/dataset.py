@@ -129,6 +129,11 @@ def _ends_in_nul(raw: np.ndarray) -> np.ndarray:
 
 
 def _match(known: np.ndarray, raw: np.ndarray) -> np.ndarray:
+    if known.dtype.kind == "u" and raw.dtype.kind != "u":  # ids beyond int64 (uint64)
+        values, ok = _parse_uint64(raw)
+        idx = _match(known, values)
+        idx[~ok] = -1
+        return idx
     if known.dtype.kind in "iu" and raw.dtype.kind not in "iu":
         values, ok = _parse_int64(raw)
         idx = _match(known, values)
@@ -169,6 +174,29 @@ def _parse_int64(raw: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     if ok.any():
         values[ok] = text[ok].astype(np.int64)
         ok &= values.astype(str) == text  # "017" and "-0" are other ids than 17 and 0
+    return values, ok
+
+
+def _parse_uint64(raw: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``(values, ok)`` as :func:`_parse_int64`, for the uint64 ids of a column whose ids
+    exceed int64: each id's own decimal form from 0 to 2**64 - 1 (or an integer) parses."""
+    raw = np.asarray(raw)
+    values = np.zeros(raw.shape, dtype=np.uint64)
+    if raw.dtype.kind == "i":
+        ok = raw >= 0
+        values[ok] = raw[ok].astype(np.uint64)
+        return values, ok
+    if raw.dtype.kind == "b" or raw.dtype.kind == "f":  # a float cannot hold such ids exactly
+        return values, np.zeros(raw.shape, dtype=bool)
+    text = raw.astype(str)
+    ok = np.char.isdecimal(text) & (np.char.str_len(text) <= 20)
+    if ok.any():  # only the few candidate ids: Python ints hold any size
+        ints = [int(t) for t in text[ok].tolist()]
+        fits = np.array([i < 2**64 for i in ints])
+        fitting = np.flatnonzero(ok)[fits]
+        values[fitting] = np.array([i for i, f in zip(ints, fits, strict=True) if f], np.uint64)
+        ok[np.flatnonzero(ok)[~fits]] = False
+        ok &= values.astype(str) == text  # "017" is another id than 17
     return values, ok
 
 
