@@ -253,6 +253,12 @@ def test_bad_split_options(tmp_path: Path, options: list[str], needles: list[str
     assert_says(message, *(n.format(d=tmp_path) for n in needles))
 
 
+def test_one_column_as_both_user_and_item_is_refused(tmp_path: Path) -> None:
+    path = table(tmp_path, "user,item\n1,2\n1,3\n")
+    message = user_error(cli("data", "stats", path, "--user-col", "item"))
+    assert_says(message, f"{path}: column 'item' is taken as both the user and the item column")
+
+
 def test_an_unknown_split_method_is_a_usage_error(tmp_path: Path) -> None:
     path = table(tmp_path, "user,item\n1,2\n1,3\n")
     message = usage_error(cli("data", "stats", path, "--split", "bogus"))

@@ -79,6 +79,11 @@ def load_table(
     df = read_table(p)
     ucol = _required(df, p, opts.user_col, USER_COLS, "--user-col")
     icol = _required(df, p, opts.item_col, ITEM_COLS, "--item-col")
+    if ucol == icol:
+        raise DataError(
+            f"{p}: column {ucol!r} is taken as both the user and the item column; name two "
+            "columns with --user-col and --item-col"
+        )
     if len(df) == 0:
         raise DataError(f"{p}: the table has no rows; it needs interactions")
     raw_u, raw_i = raw_ids(df[ucol], p, "user"), raw_ids(df[icol], p, "item")
