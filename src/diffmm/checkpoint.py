@@ -165,10 +165,7 @@ class RunDir:
             )
         run_id = uuid.uuid4().hex
         fingerprint = dataset.fingerprint()
-        ids = {
-            "users": _ids_list(dataset.user_ids, dataset.n_users),
-            "items": _ids_list(dataset.item_ids, dataset.n_items),
-        }
+        ids = _ids_of(dataset)
         try:  # all three or none: a retry with the same --out must find the folder empty
             self._write_new(
                 CONFIG, lambda p: atomic_write_json(p, {**run_config.to_dict(), "run_id": run_id})
@@ -290,9 +287,7 @@ class RunDir:
         self._require_owner()
         if (self.path / IDS).exists():
             return False
-        ids = {k: _ids_list(getattr(dataset, f"{k[:-1]}_ids"), getattr(dataset, f"n_{k}"))
-               for k in ("users", "items")}  # fmt: skip
-        atomic_write_json(self.path / IDS, ids, indent=None)
+        atomic_write_json(self.path / IDS, _ids_of(dataset), indent=None)
         return True
 
     def read_ids(self, n_users: int, n_items: int) -> tuple[np.ndarray, np.ndarray]:
@@ -302,15 +297,17 @@ class RunDir:
         out = []
         for key, n in (("users", n_users), ("items", n_items)):
             ids = raw[key]
-            flat = isinstance(ids, list) and all(
-                isinstance(i, (int, float, str)) and not isinstance(i, bool) for i in ids
-            )
+            try:
+                arr = np.asarray(ids) if isinstance(ids, list) else None
+            except ValueError:  # lists of different lengths among the ids
+                arr = None
+            flat = arr is not None and arr.ndim == 1 and (arr.dtype.kind in "iufU" or n == 0)
             if not flat or len(ids) != n:
                 raise DataError(
                     f"{path}: expected a list of {n} {key[:-1]} ids (numbers or text) under "
                     f"{key!r}; the run directory was modified or belongs to other data"
                 )
-            out.append(np.asarray(ids))
+            out.append(arr)
         return out[0], out[1]
 
     def read_summary(self) -> dict[str, Any]:
@@ -400,8 +397,16 @@ class RunDir:
         return [p.resolve() for p in paths]
 
 
-def _ids_list(ids: np.ndarray | None, n: int) -> list[Any]:
-    return (np.arange(n) if ids is None else np.asarray(ids)).tolist()
+def _ids_of(dataset: Dataset) -> dict[str, list[Any]]:
+    """What ``ids.json`` holds: the raw id of every user and item index of ``dataset``."""
+
+    def listed(ids: np.ndarray | None, n: int) -> list[Any]:
+        return (np.arange(n) if ids is None else np.asarray(ids)).tolist()
+
+    return {
+        "users": listed(dataset.user_ids, dataset.n_users),
+        "items": listed(dataset.item_ids, dataset.n_items),
+    }
 
 
 def read_json(path: Path) -> Any:
