@@ -161,6 +161,28 @@ def test_in_one_process_every_helper_is_the_identity():
     assert distributed.loss_function(model) == model.loss
 
 
+@pytest.mark.parametrize(("spec", "backend", "device"), [("cuda", "nccl", "cuda:1"),
+                                                          ("cpu", "gloo", "cpu")])  # fmt: skip
+def test_the_backend_follows_the_device_and_cuda_ranks_take_their_local_gpu(
+    monkeypatch, spec, backend, device
+):
+    # no GPU needed: the choice, not NCCL itself, is what this checks
+    calls: list[tuple[str, Any]] = []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.setattr(torch.cuda, "set_device", lambda d: calls.append(("set_device", d)))
+    dist = distributed.dist
+    monkeypatch.setattr(dist, "is_initialized", lambda: False)
+    monkeypatch.setattr(dist, "init_process_group", lambda b, **kw: calls.append(("init", b)))
+    monkeypatch.setattr(dist, "destroy_process_group", lambda: calls.append(("destroy", None)))
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    with distributed.session(spec) as chosen:
+        assert str(chosen) == device
+    assert ("init", backend) in calls and calls[-1] == ("destroy", None)
+    assert (("set_device", torch.device("cuda", 1)) in calls) == (backend == "nccl")
+
+
 @pytest.mark.parametrize("n", [1, 2, 7, 64])
 def test_rank_slices_partition_a_batch_and_their_scaled_means_give_its_mean(monkeypatch, n):
     """With DDP's average over 2 ranks, the scaled slice losses give the batch's mean."""
