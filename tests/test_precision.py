@@ -69,6 +69,25 @@ def test_cpu_check_reads_torch_capabilities(monkeypatch):
         precision.cpu_bf16_features.cache_clear()
 
 
+@pytest.mark.parametrize(("capability", "native", "fast"), [((8, 0), True, True),
+                                                             ((9, 0), True, True),
+                                                             ((7, 5), True, False),
+                                                             ((8, 6), False, False)])  # fmt: skip
+def test_cuda_uses_bf16_only_with_native_support_from_sm_80(monkeypatch, capability, native, fast):
+    # no GPU needed: the check reads torch.cuda's answers, faked here
+    precision._cuda_bf16_is_fast.cache_clear()
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda index=None: capability)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: native)
+    try:
+        assert precision.bf16_is_fast(torch.device("cuda", 0)) is fast
+        assert precision.resolve("auto", torch.device("cuda", 0)) == (
+            torch.bfloat16 if fast else torch.float32
+        )
+    finally:
+        precision._cuda_bf16_is_fast.cache_clear()
+
+
 def test_describe_records_the_path():
     info = precision.describe("fp32", CPU)
     assert info["matmuls"] == "float32" and info["setting"] == "fp32"
