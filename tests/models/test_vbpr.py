@@ -54,8 +54,9 @@ def test_scores_follow_the_paper_predictor(data):
     with torch.no_grad():  # give the biases non-zero values to check them too
         model.item_bias.weight.normal_()
         model.feature_bias.weight.normal_()
-    # f_i concatenates the modalities in the dataset's order
-    f = torch.from_numpy(np.concatenate([data.features[m] for m in data.modalities], 1))
+    # f_i concatenates the modalities in the dataset's order, each column centred
+    raw = torch.from_numpy(np.concatenate([data.features[m] for m in data.modalities], 1))
+    f = raw - raw.mean(0)
     torch.testing.assert_close(model.features, f)
     gamma_u, theta_u = model.user_gamma.weight, model.user_theta.weight
     gamma_i, beta_i = model.item_gamma.weight, model.item_bias.weight[:, 0]
@@ -64,6 +65,25 @@ def test_scores_follow_the_paper_predictor(data):
     expected = gamma_u @ gamma_i.T + theta_u @ (f @ e.T).T + (beta_i + f @ beta_prime)[None, :]
     users = torch.arange(data.n_users)
     torch.testing.assert_close(model.scores(users), expected, rtol=1e-4, atol=1e-5)
+    # with the raw f_i of eq. 4 every score of a user moves by the same amount
+    raw_scores = gamma_u @ gamma_i.T + theta_u @ (raw @ e.T).T + (beta_i + raw @ beta_prime)
+    shift = (raw_scores - model.scores(users)).detach()
+    torch.testing.assert_close(shift, shift[:, :1].expand_as(shift), rtol=1e-4, atol=1e-4)
+
+
+def test_a_shift_of_every_items_features_changes_nothing(data):
+    """Centring: features moved by one vector for all items (a constant the paper's
+    predictor cannot rank by) train the same model; raw, the L2 on E f_i would pay for it."""
+    shifted = dataclasses.replace(
+        data, features={m: f + np.float32(8.0) for m, f in data.features.items()}
+    )
+    scores = []
+    for dataset in (data, shifted):
+        model = _model(dataset, dim=8)
+        fit_bpr(model, dataset, epochs=2, lr=0.01)
+        with torch.no_grad():
+            scores.append(model.scores(torch.arange(20)))
+    torch.testing.assert_close(scores[0], scores[1], rtol=1e-3, atol=1e-3)
 
 
 def test_loss_terms(data):
