@@ -49,6 +49,7 @@ from diffmm.data.dataset import Dataset
 from diffmm.data.options import TableOptions
 from diffmm.data.ref import DEFAULT_SPLIT_SEED, DataRef
 from diffmm.errors import ConfigError, DataError
+from diffmm.run_files import ids_of, parse_ids, read_json, read_object
 from diffmm.run_lock import RunLock, RunLockedError
 from diffmm.state import CHECKPOINT_FORMAT, capture_rng, load_checkpoint, restore_rng
 from diffmm.utils import (
@@ -165,7 +166,7 @@ class RunDir:
             )
         run_id = uuid.uuid4().hex
         fingerprint = dataset.fingerprint()
-        ids = _ids_of(dataset)
+        ids = ids_of(dataset)
         try:  # all three or none: a retry with the same --out must find the folder empty
             self._write_new(
                 CONFIG, lambda p: atomic_write_json(p, {**run_config.to_dict(), "run_id": run_id})
@@ -218,7 +219,7 @@ class RunDir:
 
     def data_ref(self, moved_to: str | None = None) -> DataRef:
         """How to load the run's data; ``moved_to`` is where they are now, if they moved."""
-        load = _read_object(self.path / DATASET, ("load", "fingerprint"))["load"]
+        load = read_object(self.path / DATASET, ("load", "fingerprint"))["load"]
         if load is None:
             if moved_to is None:
                 raise DataError(f"{self.path} does not say where its data are; pass --data PATH")
@@ -254,7 +255,7 @@ class RunDir:
 
     def fingerprint(self) -> dict[str, Any]:
         """The fingerprint of the data the run was trained on (``dataset.json``)."""
-        expected = _read_object(self.path / DATASET, ("fingerprint",))["fingerprint"]
+        expected = read_object(self.path / DATASET, ("fingerprint",))["fingerprint"]
         if not isinstance(expected, dict) or not isinstance(expected.get("splits"), dict):
             raise DataError(
                 f"{self.path / DATASET}: the fingerprint is damaged; the run cannot be checked"
@@ -287,33 +288,17 @@ class RunDir:
         self._require_owner()
         if (self.path / IDS).exists():
             return False
-        atomic_write_json(self.path / IDS, _ids_of(dataset), indent=None)
+        atomic_write_json(self.path / IDS, ids_of(dataset), indent=None)
         return True
 
     def read_ids(self, n_users: int, n_items: int) -> tuple[np.ndarray, np.ndarray]:
         """Raw user and item ids: ``users[u]`` is the raw id of user index ``u``."""
-        path = self.path / IDS
-        raw = _read_object(path, ("users", "items"))
-        out = []
-        for key, n in (("users", n_users), ("items", n_items)):
-            ids = raw[key]
-            try:
-                arr = np.asarray(ids) if isinstance(ids, list) else None
-            except ValueError:  # lists of different lengths among the ids
-                arr = None
-            flat = arr is not None and arr.ndim == 1 and (arr.dtype.kind in "iufU" or n == 0)
-            if not flat or len(ids) != n:
-                raise DataError(
-                    f"{path}: expected a list of {n} {key[:-1]} ids (numbers or text) under "
-                    f"{key!r}; the run directory was modified or belongs to other data"
-                )
-            out.append(arr)
-        return out[0], out[1]
+        return parse_ids(self.path / IDS, n_users, n_items)
 
     def read_summary(self) -> dict[str, Any]:
         """``summary.json`` of a finished run; ``{}`` while the run is unfinished."""
         path = self.path / SUMMARY
-        return _read_object(path, ()) if path.exists() else {}
+        return read_object(path, ()) if path.exists() else {}
 
     # ------------------------------------------------------------------ log
     def append_log(self, record: str) -> None:
@@ -395,39 +380,3 @@ class RunDir:
         except DataError:  # a run given its data in memory
             pass
         return [p.resolve() for p in paths]
-
-
-def _ids_of(dataset: Dataset) -> dict[str, list[Any]]:
-    """What ``ids.json`` holds: the raw id of every user and item index of ``dataset``."""
-
-    def listed(ids: np.ndarray | None, n: int) -> list[Any]:
-        return (np.arange(n) if ids is None else np.asarray(ids)).tolist()
-
-    return {
-        "users": listed(dataset.user_ids, dataset.n_users),
-        "items": listed(dataset.item_ids, dataset.n_items),
-    }
-
-
-def read_json(path: Path) -> Any:
-    if not path.is_file():
-        raise DataError(
-            f"{path}: not found; {path.parent} is not a complete run directory (written by "
-            "`diffmm train --out DIR`)"
-        )
-    try:
-        return json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise DataError(f"{path}: not valid JSON ({exc}); the run directory is damaged") from None
-
-
-def _read_object(path: Path, keys: tuple[str, ...]) -> dict[str, Any]:
-    """A JSON object with at least ``keys``; DataError naming the file otherwise."""
-    obj = read_json(path)
-    if not isinstance(obj, dict) or not set(keys) <= set(obj):
-        with_keys = f" with keys {list(keys)}" if keys else ""
-        raise DataError(
-            f"{path}: expected a JSON object{with_keys}; the run directory is "
-            "damaged (was this file edited?)"
-        )
-    return obj

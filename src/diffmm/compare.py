@@ -182,9 +182,10 @@ def interactions_digest(run_dir: str | Path) -> str:
     import json
 
     from diffmm import checkpoint as ckpt
+    from diffmm.run_files import read_json
 
     path = Path(run_dir) / ckpt.DATASET
-    recorded = ckpt.read_json(path)
+    recorded = read_json(path)
     fingerprint = recorded.get("fingerprint") if isinstance(recorded, dict) else None
     if not isinstance(fingerprint, dict) or not isinstance(fingerprint.get("splits"), dict):
         raise DataError(f"{path}: no data fingerprint; the run cannot be compared")

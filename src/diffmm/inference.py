@@ -26,6 +26,7 @@ from diffmm.errors import ConfigError, DataError, UnknownIdError
 from diffmm.evaluate import check_metrics, evaluate, mask_items
 from diffmm.models import get_model_class
 from diffmm.models.base import Recommender
+from diffmm.run_files import read_json
 from diffmm.utils import resolve_device
 
 #: Largest k a request may ask for (and at most the number of items).
@@ -251,7 +252,7 @@ def run_data(run: ckpt.RunDir, data: str | Path | Dataset | None = None) -> Data
         run.check_fingerprint(data)
         return data
     if data is None:
-        recorded = ckpt.read_json(run / ckpt.DATASET)
+        recorded = read_json(run / ckpt.DATASET)
         if isinstance(recorded, dict) and "load" in recorded and recorded["load"] is None:
             raise DataError(
                 f"{run.path} was trained on a Dataset given in memory and does not say where "
