@@ -26,9 +26,9 @@ on TikTok the mean image row carries 85% of the rows' squared norm.
 
 ``embedding_dim`` is the total ``K + K'``, split equally (``K' = embedding_dim // 2``,
 ``K = embedding_dim - K'``), so that VBPR has as many user factors as MF or LightGCN of
-the same ``embedding_dim``; the paper likewise compares
-methods at a fixed total number of factors. (MMRec instead gives ``gamma`` and ``theta``
-``embedding_size`` dimensions each.)
+the same ``embedding_dim``; the paper likewise compares methods at a fixed total number
+of factors. (MMRec instead gives ``gamma`` and ``theta`` ``embedding_size`` dimensions
+each.)
 
 Scores are dot products of
 
