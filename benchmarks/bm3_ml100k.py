@@ -16,7 +16,6 @@ with training items masked). Test is shown but nothing is chosen by it. Writes
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 from typing import Any
 
@@ -27,15 +26,17 @@ import fair_table
 from common import (
     RESULTS,
     RUNS,
+    chosen_variants,
     ml100k_features,
     provenance,
     repo_path,
     require_dataset,
     run_training,
+    saved_results,
     slug,
     train_command,
+    write_results,
 )
-from common import write_atomic as write
 from diffmm.data import load_dataset
 from diffmm.evaluate import evaluate, mask_items
 from diffmm.inference import load
@@ -61,6 +62,17 @@ VARIANTS: dict[str, tuple[str, list[str]]] = {
     "LightGCN (reference)": ("lightgcn", ["train.lr=0.002", "l2_weight=1e-3"]),
 }
 K = 20
+
+
+def train_counts(dataset) -> torch.Tensor:
+    """Each item's number of training interactions."""
+    return torch.as_tensor(np.asarray(dataset.train.sum(0)).ravel(), dtype=torch.float32)
+
+
+def popularity_recall(dataset, counts: torch.Tensor) -> dict[str, float]:
+    """Validation and test Recall@K of ranking every item by ``counts``."""
+    score = popularity_scores(counts)
+    return {s: evaluate(score, dataset, s, ks=[K])[f"recall@{K}"] for s in ("valid", "test")}
 
 
 def popularity_scores(train_counts: torch.Tensor):
@@ -128,20 +140,12 @@ def main() -> None:
     inter = require_dataset("ml-100k") / "ml-100k.inter"
     features = ml100k_features(text=True)
     dataset = load_dataset(inter, features=features)
-    counts = torch.as_tensor(np.asarray(dataset.train.sum(0)).ravel(), dtype=torch.float32)
-    pop = {
-        split: evaluate(popularity_scores(counts), dataset, split)[f"recall@{K}"]
-        for split in ("valid", "test")
-    }
+    counts = train_counts(dataset)
+    pop = popularity_recall(dataset, counts)
     stem = RESULTS / "bm3_ml100k"
-    saved = (
-        json.loads(stem.with_suffix(".json").read_text())
-        if stem.with_suffix(".json").exists()
-        else {}
-    )
+    saved = saved_results(stem)
     runs = saved.get("runs", {})
-    chosen = VARIANTS if args.only is None else {n: VARIANTS[n] for n in args.only.split(",")}
-    for name, (model, sets) in chosen.items():
+    for name, (model, sets) in chosen_variants(VARIANTS, args.only).items():
         run_dir = RUNS / "bm3-ml100k" / slug(name)
         cmd = train_command(model, inter, run_dir, None, [*FIXED, *sets])
         cmd[cmd.index("--data") + 2 : cmd.index("--data") + 2] = [
@@ -162,12 +166,7 @@ def main() -> None:
             "overlap": overlap_with_popular(run_dir, dataset, counts),
         }
         print(name, runs[name]["valid"], runs[name]["test"], runs[name]["overlap"], flush=True)
-    result = {**provenance(), "popularity": pop, "runs": runs}
-    if "findings" in saved:
-        result["findings"] = saved["findings"]
-    write(stem.with_suffix(".json"), json.dumps(result, indent=2) + "\n")
-    write(stem.with_suffix(".md"), markdown(result))
-    print(stem.with_suffix(".md").read_text())
+    write_results(stem, {**provenance(), "popularity": pop, "runs": runs}, saved, markdown)
 
 
 if __name__ == "__main__":

@@ -12,6 +12,7 @@ import shutil
 import statistics
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -194,6 +195,30 @@ def write_atomic(path: Path, text: str) -> None:
     tmp = path.with_suffix(path.suffix + ".tmp")
     tmp.write_text(text)
     os.replace(tmp, path)
+
+
+def chosen_variants(variants: dict[str, Any], only: str | None) -> dict[str, Any]:
+    """The variants a study's ``--only`` names (comma-separated; all when None)."""
+    return variants if only is None else {name: variants[name] for name in only.split(",")}
+
+
+def saved_results(stem: Path) -> dict[str, Any]:
+    """What a study's ``<stem>.json`` holds so far (``{}`` before its first run): the
+    studies rerun some variants and keep the others' records."""
+    path = stem.with_suffix(".json")
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
+def write_results(
+    stem: Path, result: dict[str, Any], saved: dict[str, Any], markdown: Callable[..., str]
+) -> None:
+    """Write a study's ``<stem>.json`` and ``.md`` (and print the latter), keeping the
+    ``findings`` written into the saved file after reading its runs."""
+    if "findings" in saved:
+        result["findings"] = saved["findings"]
+    write_atomic(stem.with_suffix(".json"), json.dumps(result, indent=2) + "\n")
+    write_atomic(stem.with_suffix(".md"), markdown(result))
+    print(stem.with_suffix(".md").read_text())
 
 
 def phase_medians(log: list[dict[str, Any]]) -> dict[str, float]:

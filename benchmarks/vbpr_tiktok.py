@@ -32,9 +32,17 @@ import torch
 
 import diffmm
 import fair_table
-from bm3_ml100k import popularity_scores
-from common import RESULTS, RUNS, provenance, require_dataset, slug
-from common import write_atomic as write
+from bm3_ml100k import popularity_recall, train_counts
+from common import (
+    RESULTS,
+    RUNS,
+    chosen_variants,
+    provenance,
+    require_dataset,
+    saved_results,
+    slug,
+    write_results,
+)
 from diffmm.evaluate import evaluate
 from diffmm.models import vbpr
 from diffmm.models.common import bpr_loss, l2_on_batch
@@ -140,13 +148,6 @@ def decompose(run: diffmm.Run) -> dict[str, dict[str, float]]:
     return out
 
 
-def popularity(dataset: Any) -> dict[str, float]:
-    """Validation and test Recall@20 of ranking items by their training count."""
-    counts = torch.as_tensor(np.asarray(dataset.train.sum(0)).ravel(), dtype=torch.float32)
-    score = popularity_scores(counts)
-    return {s: evaluate(score, dataset, s, ks=[K])[f"recall@{K}"] for s in ("valid", "test")}
-
-
 def markdown(result: dict[str, Any]) -> str:
     lines = [
         "# VBPR on TikTok: which part of its score ranks",
@@ -191,20 +192,16 @@ def main() -> None:
     args = parser.parse_args()
     data = require_dataset("tiktok")
     stem = RESULTS / "vbpr_tiktok"
-    saved = (
-        json.loads(stem.with_suffix(".json").read_text())
-        if stem.with_suffix(".json").exists()
-        else {}
-    )
+    saved = saved_results(stem)
     runs = saved.get("runs", {})
-    chosen = VARIANTS if args.only is None else {n: VARIANTS[n] for n in args.only.split(",")}
     pop = None
-    for name, (model, point, change) in chosen.items():
+    for name, (model, point, change) in chosen_variants(VARIANTS, args.only).items():
         run_dir = RUNS / "vbpr-tiktok" / slug(name)
         shutil.rmtree(run_dir, ignore_errors=True)  # the benchmark's own run: start afresh
         with change():
             run = diffmm.train(model, data, out=run_dir, **point, **FIXED)
-            pop = pop or popularity(run.recommender.dataset)
+            dataset = run.recommender.dataset
+            pop = pop or popularity_recall(dataset, train_counts(dataset))
             summary = run.summary
             runs[name] = {
                 "model": model,
@@ -216,11 +213,7 @@ def main() -> None:
             }
         print(name, json.dumps(runs[name]), flush=True)
     result = {**provenance(), "popularity": pop or saved.get("popularity"), "runs": runs}
-    if "findings" in saved:
-        result["findings"] = saved["findings"]
-    write(stem.with_suffix(".json"), json.dumps(result, indent=2) + "\n")
-    write(stem.with_suffix(".md"), markdown(result))
-    print(stem.with_suffix(".md").read_text())
+    write_results(stem, result, saved, markdown)
 
 
 if __name__ == "__main__":
