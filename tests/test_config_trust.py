@@ -96,7 +96,8 @@ BAD_SETTINGS = [
     ("lightgcn", "n_layers=-1", ["lightgcn.n_layers"]),
     ("lightgcn", "embedding_dim=1e5", ["lightgcn.embedding_dim"]),
     ("lightgcn_m", "embedding_dim=100000", ["lightgcn_m.embedding_dim"]),
-    ("vbpr", "embedding_dim=1", ["vbpr.embedding_dim"]),
+    ("vbpr", "embedding_dim=0", ["vbpr.embedding_dim"]),
+    ("vbpr", "content_dim=0", ["vbpr.content_dim"]),
     ("vbpr", "l2_weight=NaN", ["vbpr.l2_weight"]),
     ("lattice", "knn_k=0", ["lattice.knn_k"]),
     ("lattice", "knn_k=2.5", ["lattice.knn_k"]),
@@ -134,7 +135,7 @@ def test_impossible_settings_are_refused_when_resolved(model, assignment, needle
         ("diffmm", ["sampling_steps=5", "noise_min=0.001", "noise_max=0.002"]),
         ("diffmm", ["diffusion_steps=10", "sampling_steps=10", "noise_scale=1"]),
         ("diffmm", ["keep_rate=1", "diffusion_graph_ratio=0", "denoiser_dropout=0"]),
-        ("vbpr", ["embedding_dim=2"]),
+        ("vbpr", ["embedding_dim=1", "content_dim=1"]),
         ("lightgcn", ["n_layers=0"]),
         ("lattice", ["train.progress=False", "finetune_features=no"]),  # words for flags
     ],

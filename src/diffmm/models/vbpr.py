@@ -24,11 +24,13 @@ leaves the family of predictors as it is (a shift ``m`` of every ``f_i`` adds
 paper's eq. 4 are unchanged, but it takes out of the L2 below a part that ranks nothing:
 on TikTok the mean image row carries 85% of the rows' squared norm.
 
-``embedding_dim`` is the total ``K + K'``, split equally (``K' = embedding_dim // 2``,
-``K = embedding_dim - K'``), so that VBPR has as many user factors as MF or LightGCN of
-the same ``embedding_dim``; the paper likewise compares methods at a fixed total number
-of factors. (MMRec instead gives ``gamma`` and ``theta`` ``embedding_size`` dimensions
-each.)
+``embedding_dim`` is ``K``, the width of the ID factors ``gamma``, as in MF and every
+other model here; ``content_dim`` is ``K'`` and defaults to ``K`` (MMRec's sizes:
+``embedding_size`` factors each). So VBPR of a given ``embedding_dim``
+contains MF of that width: with ``E = 0`` and ``beta' = 0`` it is MF with item biases, and
+content that ranks nothing costs it no ID capacity. (Splitting one total ``K + K'``
+instead, as the paper does to compare at a fixed number of factors, left VBPR on TikTok,
+whose content the L2 below regularises to nothing, with half of MF's ID factors.)
 
 Scores are dot products of
 
@@ -62,10 +64,16 @@ class Config(ModelConfig):
 
     embedding_dim: int = Field(
         64,
-        ge=2,
+        ge=1,
         le=MAX_WIDTH,
-        description="Total size K + K' of the user representation: K' = embedding_dim // 2 "
-        "content factors theta_u and K = embedding_dim - K' latent factors gamma_u.",
+        description="Size K of the latent (ID) factors gamma_u and gamma_i, as in MF.",
+    )
+    content_dim: int | None = Field(
+        None,
+        ge=1,
+        le=MAX_WIDTH,
+        description="Size K' of the content factors theta_u and E f_i; None: embedding_dim "
+        "(MMRec's sizes).",
     )
     l2_weight: float = Field(
         1e-4,
@@ -106,8 +114,8 @@ class VBPR(Recommender):
         self.register_buffer("features", centred_features(dataset, "VBPR"), persistent=False)
         self.config = config
         self.n_users, self.n_items = dataset.n_users, dataset.n_items
-        content_dim = config.embedding_dim // 2
-        latent_dim = config.embedding_dim - content_dim
+        latent_dim = config.embedding_dim
+        content_dim = latent_dim if config.content_dim is None else config.content_dim
         n_features = self.features.shape[1]
         self.user_gamma = nn.Embedding(self.n_users, latent_dim)
         self.user_theta = nn.Embedding(self.n_users, content_dim)
