@@ -211,3 +211,27 @@ def test_sigkill_mid_epoch_then_resume_matches_an_uninterrupted_run(tmp_path):
     assert b["test"] == a["test"] and b["best_epoch"] == a["best_epoch"]
     assert b["resumed_after_epochs"]
     assert [r["losses"] for r in _log(killed)] == [r["losses"] for r in _log(full)]
+
+
+def test_a_model_state_that_does_not_fit_is_named_in_one_line():
+    from diffmm.state import load_model_state
+
+    model = torch.nn.Linear(3, 2)
+    good = {k: v.clone() + 1 for k, v in model.state_dict().items()}
+    load_model_state(model, good, "x.pt")
+    torch.testing.assert_close(model.weight, good["weight"])
+    cases = {
+        "weight is [2, 4] in the checkpoint, [2, 3] in the model": {
+            **good,
+            "weight": torch.zeros(2, 4),
+        },
+        "lacks bias": {"weight": good["weight"]},
+        "has scale, which the model lacks": {**good, "scale": torch.ones(1)},
+    }
+    for needle, state in cases.items():
+        with pytest.raises(DataError) as info:
+            load_model_state(model, state, "x.pt")
+        message = str(info.value)
+        assert message.startswith("x.pt: does not fit the model") and needle in message
+        assert "\n" not in message
+    torch.testing.assert_close(model.weight, good["weight"])  # left as it was

@@ -202,3 +202,25 @@ def test_export_embeddings_refuses_existing_files_and_the_runs_own(rec, trained_
     with pytest.raises(ConfigError, match="unsupported embeddings format"):
         export_embeddings(rec, tmp_path / "emb.csv")
     assert not (tmp_path / "emb.csv").exists()
+
+
+def test_a_checkpoint_that_does_not_fit_its_config_is_refused_in_one_line(
+    rec, trained_run, tmp_path
+):
+    """E.g. a run whose model changed shape between diffmm versions: the message names the
+    first tensor that differs and both shapes, on one line."""
+    import json
+    import shutil
+
+    run = tmp_path / "resized"
+    shutil.copytree(trained_run, run)
+    config = json.loads((run / "config.json").read_text())
+    config["lightgcn"]["embedding_dim"] = 32
+    (run / "config.json").write_text(json.dumps(config))
+    with pytest.raises(DataError) as info:
+        diffmm.load(run, device="cpu")
+    message = str(info.value)
+    assert "\n" not in message
+    assert "best.pt" in message and "config.json" in message
+    assert "user_embedding.weight" in message
+    assert f"[{rec.n_users}, 64]" in message and f"[{rec.n_users}, 32]" in message

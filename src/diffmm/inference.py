@@ -27,6 +27,7 @@ from diffmm.evaluate import check_metrics, evaluate, mask_items
 from diffmm.models import get_model_class
 from diffmm.models.base import Recommender
 from diffmm.run_files import read_json
+from diffmm.state import load_model_state
 from diffmm.utils import resolve_device
 
 #: Largest k a request may ask for (and at most the number of items).
@@ -211,12 +212,7 @@ def load(
     device_t = resolve_device(device)
     best = run.load(ckpt.BEST, map_location=device_t)
     model = get_model_class(config.model)(config.params, dataset).to(device_t)
-    try:
-        model.load_state_dict(best["model"])
-    except (RuntimeError, KeyError) as exc:
-        raise DataError(
-            f"{run / ckpt.BEST}: does not fit the model of {run / ckpt.CONFIG} ({exc})"
-        ) from None
+    load_model_state(model, best["model"], f"{run / ckpt.BEST} (settings: {run / ckpt.CONFIG})")
     summary = run.read_summary()
     metadata = {
         "run_dir": str(run.path),

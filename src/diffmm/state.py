@@ -13,11 +13,13 @@ import io
 import pickle
 import random
 import zipfile
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+from torch import Tensor, nn
 
 from diffmm.errors import DataError
 
@@ -75,6 +77,41 @@ def load_checkpoint(
     if missing:
         raise DataError(f"{path}: incomplete checkpoint, missing {missing}; restore it from a copy")
     return state
+
+
+def load_model_state(model: nn.Module, state: Mapping[str, Tensor], where: str) -> None:
+    """``model.load_state_dict(state)``, or one line naming the first tensor that differs.
+
+    ``where`` begins the message (the checkpoint, and the settings it should fit). A
+    checkpoint stops fitting when it was written with other settings, or by a version of
+    diffmm whose model had other tensors.
+    """
+    own = model.state_dict()
+    missing = [k for k in own if k not in state]
+    extra = [k for k in state if k not in own]
+    resized = [
+        f"{k} is {list(state[k].shape)} in the checkpoint, {list(v.shape)} in the model"
+        for k, v in own.items()
+        if k in state and isinstance(state[k], Tensor) and state[k].shape != v.shape
+    ]
+    problems = [
+        *resized,
+        *([f"lacks {missing[0]}"] if missing else []),
+        *([f"has {extra[0]}, which the model lacks"] if extra else []),
+    ]
+    if problems:
+        more = len(resized) + len(missing) + len(extra) - 1
+        detail = problems[0] + (f", and {more} more difference(s)" if more else "")
+        raise DataError(
+            f"{where}: does not fit the model ({detail}); it was written with other settings "
+            "or by another version of diffmm: retrain, or load it with the version that "
+            "wrote it"
+        )
+    try:
+        model.load_state_dict(state)
+    except (RuntimeError, TypeError) as exc:  # e.g. a value that is not a tensor
+        detail = " ".join(str(exc).split())
+        raise DataError(f"{where}: does not fit the model ({detail})") from None
 
 
 # ----------------------------------------------------------------------------- random state

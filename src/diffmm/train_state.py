@@ -23,7 +23,7 @@ from diffmm.ema import ParameterAverage, averaged
 from diffmm.errors import DataError
 from diffmm.models.base import Recommender
 from diffmm.selection import Selection
-from diffmm.state import capture_rng, restore_rng
+from diffmm.state import capture_rng, load_model_state, restore_rng
 
 if TYPE_CHECKING:
     from diffmm.epoch_log import Reporter
@@ -174,9 +174,9 @@ def load_last(
     epoch (the best state is then the checkpoint's own model).
     """
     state = run.load(ckpt.LAST, map_location=model.device, required=ckpt.TRAINING_STATE)
+    load_model_state(model, state["model"], f"{run / ckpt.LAST} (this run's settings)")
     try:
         epoch = int(state["epoch"])
-        model.load_state_dict(state["model"])
         model.load_extra_state_dict(state["model_extra"])
         optimizer.load_state_dict(state["optimizer"])
         restore_rng(state["rng"], rng)
@@ -186,7 +186,7 @@ def load_last(
     except (RuntimeError, KeyError, TypeError, ValueError) as exc:
         raise DataError(
             f"{run / ckpt.LAST}: does not fit the model and settings of this run "
-            f"({type(exc).__name__}: {exc}); restore it from a copy"
+            f"({type(exc).__name__}: {' '.join(str(exc).split())}); restore it from a copy"
         ) from None
     run.truncate_log(epoch)
     if sel.best_epoch:
