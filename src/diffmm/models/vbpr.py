@@ -26,11 +26,11 @@ on TikTok the mean image row carries 85% of the rows' squared norm.
 
 ``embedding_dim`` is ``K``, the width of the ID factors ``gamma``, as in MF and every
 other model here; ``content_dim`` is ``K'`` and defaults to ``K`` (MMRec's sizes:
-``embedding_size`` factors each). So VBPR of a given ``embedding_dim``
-contains MF of that width: with ``E = 0`` and ``beta' = 0`` it is MF with item biases, and
-content that ranks nothing costs it no ID capacity. (Splitting one total ``K + K'``
-instead, as the paper does to compare at a fixed number of factors, left VBPR on TikTok,
-whose content the L2 below regularises to nothing, with half of MF's ID factors.)
+``embedding_size`` factors each). So VBPR of a given ``embedding_dim`` contains MF of
+that width: with ``E = 0`` and ``beta' = 0`` it is MF with item biases, and content that
+ranks nothing costs it no ID capacity. (Splitting one total ``K + K'`` instead, as the
+paper does to compare at a fixed number of factors, left VBPR on TikTok, whose content
+the L2 below regularises to nothing, with half of MF's ID factors.)
 
 Scores are dot products of
 
