@@ -227,6 +227,7 @@ def test_a_model_state_that_does_not_fit_is_named_in_one_line():
         },
         "lacks bias": {"weight": good["weight"]},
         "has scale, which the model lacks": {**good, "scale": torch.ones(1)},
+        "no mapping": [good["weight"]],
     }
     for needle, state in cases.items():
         with pytest.raises(DataError) as info:

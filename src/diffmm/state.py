@@ -86,6 +86,8 @@ def load_model_state(model: nn.Module, state: Mapping[str, Tensor], where: str) 
     checkpoint stops fitting when it was written with other settings, or by a version of
     diffmm whose model had other tensors.
     """
+    if not isinstance(state, Mapping):
+        raise DataError(f"{where}: does not fit the model (its model state is no mapping)")
     own = model.state_dict()
     missing = [k for k in own if k not in state]
     extra = [k for k in state if k not in own]
